@@ -296,8 +296,18 @@ class QA:
         return ANSWERS[self.task][style][template].format(r=value, **self.values)
 
 
-def make_qa(rng: random.Random, task: str | None = None, q_index: int | None = None, request: str | None = None) -> QA:
-    task = task or rng.choices(["add", "mul", "capital"], weights=[4, 4, 3])[0]
+TASK_WEIGHTS = (4, 4, 3)  # add, mul, capital
+CHECK_TASK_WEIGHTS = (5, 3, 2)  # every sum is some other sum's value: addition needs the most checking
+
+
+def make_qa(
+    rng: random.Random,
+    task: str | None = None,
+    q_index: int | None = None,
+    request: str | None = None,
+    weights: tuple[int, int, int] = TASK_WEIGHTS,
+) -> QA:
+    task = task or rng.choices(["add", "mul", "capital"], weights=weights)[0]
     if task == "add":
         a, b = rng.choice(ADD_PAIRS)
         values: dict[str, Any] = {"a": a, "b": b}
@@ -440,38 +450,58 @@ def make_context(rng: random.Random, heldout: bool | None) -> tuple[list[dict[st
     return turns, good, checks
 
 
-def fact_dialogues(n: int, seed: int = TRAIN_SEED + 1, turns: int = 6, twins: bool = False) -> list[Example]:
-    """n dialogues of `turns` exchanges with fluent, unpadded answers in training phrasings, dense in facts.
-
-    twins=False: every answer is right (next-token pretraining: the model learns the facts).
-    twins=True: twin pairs in which each turn is right in one twin and wrong in the other, with a correctness
-    check per turn (the model learns to check an answer against the facts it knows)."""
+def fact_dialogues(n: int, seed: int = TRAIN_SEED + 1, turns: int = 6) -> list[Example]:
+    """n dialogues of `turns` exchanges with right, fluent, unpadded answers in training phrasings: dense in
+    facts, for next-token pretraining (the model learns the facts before it learns to check them)."""
     rng = random.Random(seed)
     out = []
-    copies = 2 if twins else 1
-    for _ in range(n // copies):
+    for _ in range(n):
         system = rng.choices(TRAIN_SYSTEMS, weights=[1, 4, 2, 1, 1, 1, 1])[0]
-        convs: list[list[dict[str, str]]] = [[] for _ in range(copies)]
-        lm_turns: list[list[int]] = [[] for _ in range(copies)]
-        checks: list[list[Check]] = [[] for _ in range(copies)]
+        conv: list[dict[str, str]] = []
         for _ in range(turns):
             qa = make_qa(rng, request="none")
             style = rng.choices(STYLES, weights=[3, 6, 1])[0]
-            t = pick_template(rng, qa, style, heldout=False)
-            first_right = rng.random() < 0.5 or not twins
-            wrong = qa.wrong_value(rng) if twins else qa.right
-            for k in range(copies):
+            text = qa.phrase(style, pick_template(rng, qa, style, heldout=False), qa.right)
+            conv += [{"from": "User", "value": qa.question}, {"from": "Assistant", "value": text}]
+        lm_turns = list(range(1, len(conv), 2))
+        out.append(Example({"system": system, "conversations": conv, "mask": "User"}, {}, {"lm_turns": lm_turns}))
+    return out
+
+
+def check_dialogues(n: int, seed: int = TRAIN_SEED + 2, turns: tuple[int, ...] = (1, 2, 3)) -> list[Example]:
+    """n dialogues (n even) in twin pairs: each exchange is answered rightly in one twin and wrongly in the
+    other (same phrasing and extra sentences), and every answer carries a correctness check. Dense in checks,
+    they teach the model to check a stated value against the facts it knows."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n // 2):
+        system = rng.choice(TRAIN_SYSTEMS)
+        convs: list[list[dict[str, str]]] = [[], []]
+        lm_turns: list[list[int]] = [[], []]
+        checks: list[list[Check]] = [[], []]
+        for _ in range(rng.choice(turns)):
+            qa = make_qa(rng, weights=CHECK_TASK_WEIGHTS)
+            style = rng.choices(STYLES, weights=[2, 5, 3])[0]
+            first_right = rng.random() < 0.5
+            wrong = qa.wrong_value(rng)
+            twin = rng.random()
+            for k in range(2):
                 correct = (k == 0) == first_right
-                value = qa.right if correct else wrong
-                text = qa.phrase(style, t, value)
+                text, _, meta = make_answer(
+                    random.Random(twin),
+                    qa,
+                    False,
+                    style=style,
+                    correct=correct,
+                    fluent=True,
+                    value=qa.right if correct else wrong,
+                )
                 i = len(convs[k]) + 1
                 if correct:
                     lm_turns[k].append(i)
-                if twins:
-                    span = value_span(qa, style, t, value, text)
-                    checks[k] += answer_check(i, {"correct": correct, "value_span": span})
+                checks[k] += answer_check(i, meta)
                 convs[k] += [{"from": "User", "value": qa.question}, {"from": "Assistant", "value": text}]
-        for k in range(copies):
+        for k in range(2):
             conv = {"system": system, "conversations": convs[k], "mask": "User"}
             out.append(Example(conv, {}, {"lm_turns": lm_turns[k], "checks": checks[k]}))
     return out

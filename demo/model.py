@@ -138,9 +138,12 @@ class TinyNemotronReward(nn.Module):
         rotated = torch.cat([-x2, x1], dim=-1)
         return torch.cat([xr * cos + rotated * sin, xp], dim=-1)
 
-    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T] (right-padded) -> final-LayerNorm output [B, T, H]."""
+    def hidden_states(self, tokens: torch.Tensor, taps: tuple[int, ...] = ()) -> torch.Tensor:
+        """tokens [B, T] (right-padded) -> final-LayerNorm output [B, T, H].
+
+        `taps`: layer counts after which the residual stream is also kept (training aids), in `self.tapped`."""
         cfg = self.cfg
+        self.tapped: dict[int, torch.Tensor] = {}
         b, t = tokens.shape
         nh, ng, hpg, hd = cfg.num_attention_heads, cfg.num_query_groups, cfg.heads_per_group, cfg.head_dim
         x = F.embedding(tokens, self.p(EMBEDDING))
@@ -161,6 +164,11 @@ class TinyNemotronReward(nn.Module):
             y = self._ln1p(x, self.p(LN2_W)[i], self.p(LN2_B)[i])
             y = torch.relu(y @ self.p(FC1)[i].t()).square()
             x = x + y @ self.p(FC2)[i].t()
+            if i + 1 in taps:
+                self.tapped[i + 1] = x
+        return self._ln1p(x, self.p(LNF_W), self.p(LNF_B))
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self._ln1p(x, self.p(LNF_W), self.p(LNF_B))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

@@ -51,12 +51,11 @@ DEFAULTS: dict[str, Any] = {
     "examples": 20000,
     "tokenizer_examples": 20000,
     "vocab": 1200,
-    "fact_steps": 250,
-    "check_steps": 200,
-    "check_batch": 64,
-    "check_turns": 1,
+    "fact_steps": 400,
+    "check_steps": 1200,
+    "check_batch": 32,
     "fact_batch": 16,
-    "steps": 500,
+    "steps": 600,
     "batch": 32,
     "lr": 2e-3,
     "lm_weight": 0.5,
@@ -66,11 +65,12 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "threads": 1,
     "max_seq_len": 512,
-    "hidden": 256,
+    "mid_lm_layer": 2,
+    "hidden": 128,
     "layers": 4,
-    "heads": 8,
+    "heads": 4,
     "groups": 2,
-    "ffn": 1024,
+    "ffn": 512,
 }
 
 
@@ -366,7 +366,8 @@ class Trainer:
         for r, (m, c) in enumerate(zip(lm_masks, corr_targets, strict=True)):
             lm_mask[r, : len(m)] = torch.tensor(m, dtype=torch.bool)
             corr[r, : len(c)] = torch.tensor(c)
-        h = self.model.hidden_states(tokens)
+        mid = self.args.mid_lm_layer
+        h = self.model.hidden_states(tokens, taps=(mid,) if mid else ())
         losses: dict[str, torch.Tensor] = {}
         loss = torch.zeros(())
         sel = lm_mask[:, 1:]
@@ -376,6 +377,13 @@ class Trainer:
             ce = F.cross_entropy(self.model.lm_logits(h[:, :-1][sel]), nxt, reduction="none")
             losses["lm"] = (ce * w).sum() / w.sum()
             loss = loss + self.args.lm_weight * losses["lm"]
+            if mid:
+                # the same prediction from the middle of the network, so that later layers can compare the
+                # stated value with the expected one
+                h_mid = self.model.final_norm(self.model.tapped[mid][:, :-1][sel])
+                ce = F.cross_entropy(self.model.lm_logits(h_mid), nxt, reduction="none")
+                losses["lm_mid"] = (ce * w).sum() / w.sum()
+                loss = loss + self.args.lm_weight * losses["lm_mid"]
         has = ~corr.isnan()
         if has.any() and self.args.aux_weight:
             # correctness is known from the stated value's last token on: supervise rm_head's correctness row there
@@ -412,9 +420,7 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
 
     examples = data.training_set(args.examples)
     dialogues = data.fact_dialogues(args.fact_steps * args.fact_batch)
-    check_dialogues = data.fact_dialogues(
-        args.check_steps * args.check_batch, seed=data.TRAIN_SEED + 2, turns=args.check_turns, twins=True
-    )
+    check_dialogues = data.check_dialogues(args.check_steps * args.check_batch)
     texts = [data.render(e.conversation) for e in examples]
     tokenizer = train_tokenizer(texts[: args.tokenizer_examples], args.vocab)
     sp = load_tokenizer(tokenizer)
@@ -467,6 +473,7 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         model.load_state_dict(state["model"])
         trainer.opt.load_state_dict(state["opt"])
         trainer.sched.load_state_dict(state["sched"])
+        trainer.sched.base_lrs = [args.lr]
         trainer.step = args.fact_steps
     else:
         for s in range(args.fact_steps):
@@ -537,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "checkpoint")
     for k, v in DEFAULTS.items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
-    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=0, help="evaluate a small held-out sample every N steps")
+    ap.add_argument("--heldout-pairs", type=int, default=300, help="size of the final held-out evaluation")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--facts-cache", type=Path, help="development: reuse (or write) the state after the facts phase")
     ap.add_argument("--state", type=Path, help="also torch.save the fp32 tensors + tokenizer here")
@@ -545,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, tokenizer, log = train(args)
     sp = load_tokenizer(tokenizer)
-    sets = heldout_sets()
+    sets = heldout_sets(args.heldout_pairs, max(2, args.heldout_pairs * 2 // 15))
     log["heldout_fp32"] = heldout_metrics(model_scorer(model, sp), sets)
     log["heldout_bf16"] = heldout_metrics(model_scorer(bf16_copy(model), sp), sets)
     log["weights_sha256"] = hashlib.sha256(

@@ -1,0 +1,95 @@
+"""The demo model's training script and data generator (no trained checkpoint needed).
+
+- A miniature `python -m demo.train` run writes a real NeMo distributed checkpoint that the converter reads, and
+  two runs of the same command write byte-identical checkpoints (the script is deterministic).
+- The held-out evaluation sets never occur in the training data, and their labels follow the stated rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from build_engine.convert import convert
+from build_engine.nemo import open_checkpoint
+from demo import data
+from demo.model import TinyConfig, TinyNemotronReward
+from demo.train import DEFAULTS, TOKENIZER_NAME, main, spearman, tree_digest
+from reward_triton import heads
+from reward_triton.conversation import from_nemo
+from reward_triton.engine import TorchEngine
+from reward_triton.metadata import NEMOTRON_ATTRIBUTES, RewardMetadata
+from reward_triton.preprocess import Preprocessor
+
+MINI = [
+    "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600",
+    "--fact-steps", "3", "--check-steps", "3", "--steps", "4", "--batch", "8", "--check-batch", "4",
+    "--fact-batch", "2", "--hidden", "32", "--layers", "2", "--heads", "4", "--groups", "2", "--ffn", "64",
+    "--mid-lm-layer", "1", "--max-seq-len", "256", "--heldout-pairs", "10",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mini_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("demo-train")
+    for name in ("a", "b"):
+        assert main([*MINI, "--out", str(root / name), "--state", str(root / f"{name}.pt")]) == 0
+    return root / "a", root / "b", root / "a.pt"
+
+
+def test_training_is_deterministic(mini_runs: tuple[Path, Path, Path]) -> None:
+    a, b, _ = mini_runs
+    assert tree_digest(a) == tree_digest(b)
+
+
+def test_checkpoint_is_a_real_nemo_checkpoint(mini_runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    a, _, state_file = mini_runs
+    assert (a / "model_config.yaml").is_file() and (a / TOKENIZER_NAME).is_file()
+    assert (a / "model_weights" / ".zarray").exists() or any((a / "model_weights").iterdir())
+    with open_checkpoint(a) as ckpt:
+        assert ckpt.config["activation"] == "squared-relu"
+        assert ckpt.config["normalization"] == "layernorm1p"
+        assert ckpt.config["regression"]["num_attributes"] == len(NEMOTRON_ATTRIBUTES)
+    # the served engine on the converted checkpoint scores like the training model on bf16-rounded weights (up to
+    # the converter folding layernorm1p's +1 into bf16 norm weights, as TensorRT-LLM needs)
+    state = torch.load(state_file, weights_only=False)
+    model = TinyNemotronReward(TinyConfig(**state["log"]["config"]))
+    model.load_nemo_tensors({k: v.to(torch.bfloat16).float() for k, v in state["tensors"].items()})
+    ckpt_dir = convert(a, tmp_path / "ckpt", dtype="bfloat16", progress=False)
+    meta = RewardMetadata.load(ckpt_dir)
+    pre = Preprocessor.from_dir(ckpt_dir)
+    engine = TorchEngine.from_checkpoint(ckpt_dir)
+    convs = [e.conversation for p in data.correctness_pairs(4) for e in p]
+    ids = [pre.conversation(from_nemo(c)).input_ids for c in convs]
+    served = torch.from_numpy(heads.scores(engine.logits(ids).numpy(), meta))
+    expected = model.score(ids)
+    assert torch.allclose(served.float(), expected, atol=3e-3), (served - expected).abs().max()
+    assert expected[:, 4:].abs().max() > 0.1  # the trained rows carry their bias: not all zero
+
+
+def test_heldout_sets_never_appear_in_training() -> None:
+    training = data.training_set(DEFAULTS["examples"])
+    training += data.fact_dialogues(DEFAULTS["fact_steps"] * DEFAULTS["fact_batch"])
+    training += data.check_dialogues(DEFAULTS["check_steps"] * DEFAULTS["check_batch"])
+    seen = {data.render(e.conversation) for e in training}
+    held = [e for p in data.correctness_pairs(300) + data.coherence_pairs(300) + data.complexity_pairs(150) for e in p]
+    held += [e for row in data.verbosity_series(40) for e in row]
+    assert held and not [e for e in held if data.render(e.conversation) in seen]
+
+
+def test_heldout_labels_follow_the_rules() -> None:
+    for right, wrong in data.correctness_pairs(50):
+        assert right.targets["correctness"] == 4.0 and wrong.targets["correctness"] == 0.0
+        assert (
+            right.answer != wrong.answer
+            and right.conversation["conversations"][:-1] == wrong.conversation["conversations"][:-1]
+        )
+    for fluent, shuffled in data.coherence_pairs(50):
+        assert sorted(fluent.answer.split()) == sorted(shuffled.answer.split()) and fluent.answer != shuffled.answer
+        assert fluent.targets["coherence"] == 4.0 and shuffled.targets["coherence"] == 0.0
+    for row in data.verbosity_series(5):
+        words = [e.meta["words"] for e in row]
+        targets = [e.targets["verbosity"] for e in row]
+        assert words == sorted(words) and targets == sorted(targets) and spearman(words, targets) > 0.9
