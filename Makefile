@@ -34,9 +34,9 @@ bench: install
 	$(PY) -m build_engine.bench
 
 # ---- serving: `make engine` renders model_repository/, `make serve` runs tritonserver on it, `make perf` measures.
-# The embedded demo checkpoint is the default NEMO. Until the trained demo model lands (demo/README.md), a generated
-# random-weight fixture stands in: the pipeline runs end to end, but its scores carry no meaning.
-DEMO_NEMO := build/fixture-nemotron
+# The embedded demo checkpoint (demo/README.md) is the default NEMO; `NEMO=build/fixture-nemotron` (or -llama)
+# generates and serves a random-weight fixture instead.
+DEMO_NEMO := demo/checkpoint
 NEMO ?= $(DEMO_NEMO)
 TP ?= 1
 PP ?= 1
@@ -77,8 +77,11 @@ endif
 # The whole job on the embedded demo model: install, convert + render, start tritonserver, score samples, stop.
 demo: engine
 	$(PY) -m demo.run --repository $(REPOSITORY)
-	@case "$(NEMO)" in build/fixture-*) echo "note: $(NEMO) is a RANDOM-WEIGHT fixture standing in for the trained demo model \
-	(not landed yet, see demo/README.md): the pipeline is real, these scores mean nothing.";; esac
+	@case "$(NEMO)" in \
+	$(DEMO_NEMO)) echo "note: the demo model is a toy trained on synthetic single-digit arithmetic and capital-city \
+	questions; its scores mean something there and nowhere else (demo/README.md).";; \
+	build/fixture-*) echo "note: $(NEMO) is a RANDOM-WEIGHT fixture: the pipeline is real, these scores mean nothing.";; \
+	esac
 
 $(REPOSITORY)/ensemble/config.pbtxt:
 	$(MAKE) engine

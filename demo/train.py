@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "tokenizer_examples": 20000,
     "vocab": 1200,
     "fact_steps": 400,
-    "check_steps": 1200,
+    "check_steps": 2400,
     "check_batch": 32,
     "fact_batch": 16,
     "steps": 600,
