@@ -6,8 +6,9 @@ library (`RewardClient`): preprocessing (conversation parsing, the metadata's te
 → the PyTorch engine → postprocessing (named attributes and the scalar reward).
 
 The held-out sets come from demo/data.py with seeds, system prompts and (question, answer) phrasing combinations
-that training never uses (asserted in test_demo_train.py). The checks catch a wrong token position (scores not read at the last
-token), a wrong template, and a wrong attribute order: each probe moves one attribute and must move that one.
+that training never uses (asserted in test_demo_train.py). The checks catch a wrong token position (scores not
+read at the last token), a wrong template, and a wrong attribute order: each probe moves one attribute and must
+move that one.
 """
 
 from __future__ import annotations
