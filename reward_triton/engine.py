@@ -5,6 +5,16 @@ the same math TensorRT-LLM applies to that checkpoint (GPTForCausalLM / LlamaFor
 NeoX rotary on the first `rotary_pct` of each head, causal GQA attention, squared-relu / gelu / SwiGLU MLP,
 final norm, lm_head on the LAST token only. Sequences are packed end to end (no padding): the linear layers run
 on all tokens at once and only attention runs per sequence.
+
+Speed (docs/engine.md): Q, K and V come from one fused GEMM (the checkpoint's own `attention.qkv` layout), SwiGLU's
+fc and gate from one GEMM; rotary is applied in place on Q and K together; GQA K/V heads are expanded once per
+layer on GPUs (CPU: `enable_gqa`) and attention gets 4-D [1, heads, L, hd] views, so that
+`scaled_dot_product_attention` runs a fused (flash) kernel and never the math fallback (3-D inputs silently took
+the math kernel: ~40 % of the CPU time); residual adds and activations are in place.
+In bfloat16/float16 the GEMMs and attention run in that dtype (fp32 accumulation inside the kernels) while the
+norms accumulate in fp32 and the final norm and lm_head run in fp32, as TensorRT-LLM computes a bf16 engine with
+`logits_dtype` float32. The layer loop issues no host synchronisation (sequence lengths stay on the host), so on
+a GPU the whole forward is queued without waits.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass(frozen=True)
@@ -97,13 +108,16 @@ def _load_weights(directory: Path, cfg: EngineConfig) -> dict[str, torch.Tensor]
 
             qkv = get("attention.qkv.weight")
             p = f"layers.{layer}."
-            w[p + "q"] = torch.cat([x[:q_rows] for x in qkv])
-            w[p + "k"] = torch.cat([qkv[r][q_rows : q_rows + kv_rows] for r in kv_ranks])
-            w[p + "v"] = torch.cat([qkv[r][q_rows + kv_rows :] for r in kv_ranks])
+            w[p + "qkv"] = torch.cat(  # global [q; k; v] rows: one GEMM for all three
+                [x[:q_rows] for x in qkv]
+                + [qkv[r][q_rows : q_rows + kv_rows] for r in kv_ranks]
+                + [qkv[r][q_rows + kv_rows :] for r in kv_ranks]
+            )
             w[p + "dense"] = torch.cat(get("attention.dense.weight"), dim=1)
-            w[p + "fc"] = torch.cat(get("mlp.fc.weight"))
-            if cfg.gated:
-                w[p + "gate"] = torch.cat(get("mlp.gate.weight"))
+            if cfg.gated:  # [fc; gate] rows: one GEMM, fc goes through the activation
+                w[p + "fc_gate"] = torch.cat(get("mlp.fc.weight") + get("mlp.gate.weight"))
+            else:
+                w[p + "fc"] = torch.cat(get("mlp.fc.weight"))
             w[p + "proj"] = torch.cat(get("mlp.proj.weight"), dim=1)
             for n in ("input_layernorm", "post_layernorm"):
                 for kind in ("weight", "bias"):
@@ -123,37 +137,85 @@ def _load_weights(directory: Path, cfg: EngineConfig) -> dict[str, torch.Tensor]
     return w
 
 
+# SDPA backends the engine allows: CPU: the flash kernel; GPU: flash, cuDNN or memory-efficient. Never math.
+FUSED_ATTENTION = {
+    True: [SDPBackend.FLASH_ATTENTION],
+    False: [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+}
+
+_FLOAT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """`float32` | `bfloat16` | `float16` (also `fp32`, `bf16`, `fp16`) → torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    alias = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
+    if alias not in _FLOAT:
+        raise ValueError(f"dtype must be one of {', '.join(_FLOAT)}, got {name!r}")
+    return _FLOAT[alias]
+
+
+def checkpoint_dtype(directory: str | os.PathLike[str]) -> str:
+    """The dtype a converted checkpoint stores its weights in (config.json `dtype`), e.g. "bfloat16"."""
+    name = json.loads((Path(directory) / "config.json").read_text()).get("dtype", "float32")
+    return str(parse_dtype(name)).removeprefix("torch.")
+
+
 class TorchEngine:
     """`batch_invariant=True` runs one forward per sequence, so a sequence's scores never depend on what it was
     batched with (packed GEMMs of different sizes differ in the last float bits); it trades throughput for
-    bit-reproducible reruns (e.g. an annotation job resumed at another concurrency)."""
+    bit-reproducible reruns (e.g. an annotation job resumed at another concurrency).
+
+    `weights` are whole (unsharded) tensors named as `_load_weights` returns them: per layer either `q`, `k`, `v`
+    or the fused `qkv` ([q; k; v] rows), and for gated MLPs `fc` + `gate` or the fused `fc_gate` ([fc; gate]).
+    """
 
     def __init__(
         self,
         cfg: EngineConfig,
         weights: dict[str, torch.Tensor],
-        device: str,
+        device: str | torch.device,
         dtype: torch.dtype,
         batch_invariant: bool = False,
     ):
         self.cfg, self.device, self.dtype, self.batch_invariant = cfg, torch.device(device), dtype, batch_invariant
-        self.w = {k: v.to(self.device, dtype) for k, v in weights.items()}
+        head_names = {"ln_f.weight", "ln_f.bias", "lm_head"}
+        w: dict[str, torch.Tensor] = {}
+        for i in range(cfg.num_layers):
+            p = f"layers.{i}."
+            if p + "qkv" not in weights:
+                weights = {**weights, p + "qkv": torch.cat([weights[p + "q"], weights[p + "k"], weights[p + "v"]])}
+            if cfg.gated and p + "fc_gate" not in weights:
+                weights = {**weights, p + "fc_gate": torch.cat([weights[p + "fc"], weights[p + "gate"]])}
+            names = ["qkv", "dense", "fc_gate" if cfg.gated else "fc", "proj"]
+            names += [f"{n}.{k}" for n in ("input_layernorm", "post_layernorm") for k in ("weight", "bias")]
+            for n in names:
+                if p + n in weights:
+                    w[p + n] = weights[p + n].to(self.device, dtype).contiguous()
+        w["embedding"] = weights["embedding"].to(self.device, dtype)
+        for n in head_names & weights.keys():  # the head runs in float32 (TensorRT-LLM: logits_dtype float32)
+            w[n] = weights[n].to(self.device, torch.float32).contiguous()
+        self.w = w
         rd = cfg.rotary_dim
         self.inv_freq = 1.0 / (
             cfg.rotary_base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=self.device) / rd)
         )
+        self._cos = self._sin = torch.empty(0, rd // 2, device=self.device)
 
     @classmethod
     def from_checkpoint(
         cls,
         directory: str | os.PathLike[str],
         device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         batch_invariant: bool = False,
     ) -> TorchEngine:
+        """`dtype` "auto" computes in the checkpoint's own dtype (config.json `dtype`)."""
         directory = Path(directory)
         cfg = EngineConfig.from_json(json.loads((directory / "config.json").read_text()))
-        return cls(cfg, _load_weights(directory, cfg), device, dtype, batch_invariant)
+        dt = parse_dtype(checkpoint_dtype(directory) if dtype == "auto" else dtype)
+        return cls(cfg, _load_weights(directory, cfg), device, dt, batch_invariant)
 
     @property
     def output_size(self) -> int:
@@ -161,52 +223,94 @@ class TorchEngine:
 
     # -- building blocks -----------------------------------------------------------------------------
     def _norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        """LayerNorm / RMSNorm; statistics in float32 whatever the dtype of x (the kernels accumulate in fp32)."""
         w = self.w[prefix + ".weight"]
         if self.cfg.norm == "rmsnorm":
+            if x.dtype == torch.float32:
+                return F.rms_norm(x, (x.shape[-1],), w, self.cfg.norm_eps)
             xf = x.float()
-            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)).to(x.dtype) * w
+            return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.cfg.norm_eps)).to(x.dtype) * w
         return F.layer_norm(x, (x.shape[-1],), w, self.w.get(prefix + ".bias"), self.cfg.norm_eps)
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rd = self.cfg.rotary_dim
-        rot, rest = x[..., :rd], x[..., rd:]
-        x1, x2 = rot[..., : rd // 2], rot[..., rd // 2 :]
-        rotated = torch.cat([-x2, x1], dim=-1)
-        return torch.cat([(rot.float() * cos + rotated.float() * sin).to(x.dtype), rest], dim=-1)
+    def _rotary_tables(self, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [N, 1, rotary_dim / 2] (float32) at every packed token's position within its sequence."""
+        longest = max(lengths)
+        if self._cos.shape[0] < longest:
+            pos = torch.arange(max(longest, 2 * self._cos.shape[0]), dtype=torch.float32, device=self.device)
+            freqs = pos[:, None] * self.inv_freq[None, :]
+            self._cos, self._sin = freqs.cos(), freqs.sin()
+        if len(lengths) == 1:
+            return self._cos[:longest, None, :], self._sin[:longest, None, :]
+        pos = torch.cat([torch.arange(n) for n in lengths]).to(self.device, non_blocking=True)
+        return self._cos[pos][:, None, :], self._sin[pos][:, None, :]
+
+    def _rope_(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """NeoX rotary on the first rotary_dim channels of every head of qk [N, heads, hd], in place."""
+        half = self.cfg.rotary_dim // 2
+        x1, x2 = qk[..., :half], qk[..., half : 2 * half]
+        if qk.dtype == torch.float32:
+            r1 = x1 * cos
+            r1.addcmul_(x2, sin, value=-1.0)
+            x2.mul_(cos).addcmul_(x1, sin)
+            x1.copy_(r1)
+        else:  # rotate in float32, round once
+            f1, f2 = x1.float(), x2.float()
+            r1 = f1 * cos
+            r1.addcmul_(f2, sin, value=-1.0)
+            f2.mul_(cos).addcmul_(f1, sin)
+            x1.copy_(r1)
+            x2.copy_(f2)
 
     def _mlp(self, x: torch.Tensor, p: str) -> torch.Tensor:
-        h = x @ self.w[p + "fc"].T
         act = self.cfg.activation
         if self.cfg.gated:
-            h = F.silu(h) * (x @ self.w[p + "gate"].T)
-        elif act == "squared-relu":
-            h = torch.relu(h).square()
-        elif act == "gelu":
-            h = F.gelu(h, approximate="tanh")
+            h = F.linear(x, self.w[p + "fc_gate"])
+            f = h.shape[-1] // 2
+            h = F.silu(h[:, :f]).mul_(h[:, f:])
         else:
-            raise ValueError(f"activation '{act}' not supported")
-        return h @ self.w[p + "proj"].T
+            h = F.linear(x, self.w[p + "fc"])
+            if act == "squared-relu":
+                h = torch.relu_(h).square_()
+            elif act == "gelu":
+                h = F.gelu(h, approximate="tanh")
+            else:
+                raise ValueError(f"activation '{act}' not supported")
+        return F.linear(h, self.w[p + "proj"])
 
-    def _attention(self, x: torch.Tensor, p: str, lengths: list[int], cos: torch.Tensor, sin: torch.Tensor):
+    def _attention(
+        self, x: torch.Tensor, p: str, lengths: Sequence[int], cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         c = self.cfg
-        n = x.shape[0]
-        q = (x @ self.w[p + "q"].T).view(n, c.num_heads, c.head_dim)
-        k = (x @ self.w[p + "k"].T).view(n, c.num_kv_heads, c.head_dim)
-        v = (x @ self.w[p + "v"].T).view(n, c.num_kv_heads, c.head_dim)
-        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-        out = torch.empty_like(q)
-        start = 0
-        for length in lengths:  # attention is the only per-sequence step
-            sl = slice(start, start + length)
-            out[sl] = F.scaled_dot_product_attention(
-                q[sl].transpose(0, 1),
-                k[sl].transpose(0, 1),
-                v[sl].transpose(0, 1),
-                is_causal=True,
-                enable_gqa=c.num_heads != c.num_kv_heads,
-            ).transpose(0, 1)
-            start += length
-        return out.reshape(n, -1) @ self.w[p + "dense"].T
+        n, nh, nkv = x.shape[0], c.num_heads, c.num_kv_heads
+        qkv = F.linear(x, self.w[p + "qkv"]).view(n, nh + 2 * nkv, c.head_dim)
+        self._rope_(qkv[:, : nh + nkv], cos, sin)
+        q = qkv[:, :nh]
+        gqa = nkv != nh and self.device.type == "cpu"  # the CPU flash kernel takes GQA as is
+        if nkv == nh or gqa:
+            k, v = qkv[:, nh : nh + nkv], qkv[:, nh + nkv :]
+        else:  # expand the KV heads once per layer: every fused GPU kernel takes MHA-shaped K/V
+            kv = qkv[:, nh:].repeat_interleave(nh // nkv, dim=1)
+            k, v = kv[:, :nh], kv[:, nh:]
+        if len(lengths) == 1:
+            out = self._sdpa(q, k, v, gqa)
+        else:
+            out = torch.empty(n, nh, c.head_dim, dtype=x.dtype, device=x.device)
+            start = 0
+            for length in lengths:  # attention is the only per-sequence step (host ints: no device sync)
+                end = start + length
+                out[start:end] = self._sdpa(q[start:end], k[start:end], v[start:end], gqa)
+                start = end
+        return F.linear(out.view(n, nh * c.head_dim), self.w[p + "dense"])
+
+    @staticmethod
+    def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool) -> torch.Tensor:
+        """Causal attention of one sequence; q [L, heads, hd], k/v [L, kv heads, hd] → [L, heads, hd].
+
+        4-D inputs: with 3-D ones SDPA silently takes the math kernel (all fused kernels need [B, H, L, D])."""
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=True, enable_gqa=gqa
+        )
+        return o[0].transpose(0, 1)
 
     # -- forward -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -220,19 +324,18 @@ class TorchEngine:
 
     def _forward(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         lengths = [len(s) for s in seqs]
-        ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=self.device)
-        if int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0:
+        ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+        if int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0:  # checked on the host
             raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")
-        pos = torch.cat([torch.arange(n, device=self.device) for n in lengths]).float()
-        freqs = pos[:, None] * self.inv_freq[None, :]
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None, :]  # [N, 1, rotary_dim]
-        cos, sin = emb.cos(), emb.sin()
+        ids = ids.to(self.device, non_blocking=True)
+        cos, sin = self._rotary_tables(lengths)
+        last = (torch.tensor(list(itertools.accumulate(lengths))) - 1).to(self.device, non_blocking=True)
 
         x = self.w["embedding"][ids]
-        for i in range(self.cfg.num_layers):
-            p = f"layers.{i}."
-            x = x + self._attention(self._norm(x, p + "input_layernorm"), p, lengths, cos, sin)
-            x = x + self._mlp(self._norm(x, p + "post_layernorm"), p)
-        last = torch.tensor(list(itertools.accumulate(lengths)), device=self.device) - 1
-        h = self._norm(x[last], "ln_f")
-        return (h @ self.w["lm_head"].T).float()
+        with sdpa_kernel(FUSED_ATTENTION[self.device.type == "cpu"]):  # a fused kernel or an error, never math
+            for i in range(self.cfg.num_layers):
+                p = f"layers.{i}."
+                x.add_(self._attention(self._norm(x, p + "input_layernorm"), p, lengths, cos, sin))
+                x.add_(self._mlp(self._norm(x, p + "post_layernorm"), p))
+        h = self._norm(x[last].float(), "ln_f")
+        return F.linear(h, self.w["lm_head"])
