@@ -86,8 +86,21 @@ demo: engine
 $(REPOSITORY)/ensemble/config.pbtxt:
 	$(MAKE) engine
 
+# OPENAI_PORT=9000 also runs reward-openai (the OpenAI-compatible reward API, docs/openai.md) beside tritonserver;
+# it answers 503 until the ensemble is ready. OPENAI_TRITON_URL must match tritonserver's gRPC port.
+OPENAI_PORT ?=
+OPENAI_HOST ?= 0.0.0.0
+OPENAI_TRITON_URL ?= localhost:8001
+OPENAI_ARGS ?=
+
 serve: install $(REPOSITORY)/ensemble/config.pbtxt
+ifeq ($(OPENAI_PORT),)
 	$(VENV)/bin/tritonserver --model-repository=$(REPOSITORY) $(SERVE_ARGS)
+else
+	$(VENV)/bin/tritonserver --model-repository=$(REPOSITORY) $(SERVE_ARGS) & triton=$$!; \
+	trap 'kill $$triton 2>/dev/null; wait $$triton' EXIT; trap 'exit 130' INT TERM; \
+	$(VENV)/bin/reward-openai --url $(OPENAI_TRITON_URL) --host $(OPENAI_HOST) --port $(OPENAI_PORT) $(OPENAI_ARGS)
+endif
 
 $(VENV)/bin/perf_analyzer: | $(STAMP)
 	$(PY) -m reward_triton.perf install

@@ -8,6 +8,10 @@ collectives. Open MPI fills the hosts in order, so ranks 0..g-1 land on the firs
 the engine's `gpus_per_node` must equal the slots per host, and its world size the total slot count — both are
 checked against the engine's `config.json` before anything starts. The engine and model repository must be on
 storage every node sees, at the same path. Without `--exec` the command is printed (shell-quoted).
+
+With `--openai-port P` the launcher also runs the OpenAI-compatible reward API (`reward-openai`, docs/openai.md)
+beside mpirun, pointed at the leader's gRPC port; run the launcher on the leader node (the first host) so that the
+gateway listens there. Without `--exec` its command is printed as a second line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import argparse
 import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +61,10 @@ class LaunchOptions:
     env: tuple[str, ...] = ()  # variable names forwarded to every rank (mpirun -x NAME)
     mpirun_args: tuple[str, ...] = ()
     server_args: tuple[str, ...] = ()  # appended to every tritonserver
+    openai_port: int | None = None  # run reward-openai beside mpirun on this port
+    openai_host: str = "0.0.0.0"
+    openai_args: tuple[str, ...] = ()  # e.g. --served-model-name NAME
+    reward_openai: str = "reward-openai"
 
 
 def parse_hosts(text: str) -> list[Host]:
@@ -212,6 +222,40 @@ def mpirun_command(
     return cmd
 
 
+def openai_command(hosts: Sequence[Host] | None, opts: LaunchOptions) -> list[str] | None:
+    """`reward-openai` pointed at the leader's (rank 0, first host) gRPC port, or None without --openai-port."""
+    if opts.openai_port is None:
+        return None
+    leader = hosts[0].name if hosts else "127.0.0.1"
+    url = f"{leader}:{opts.grpc_port}"
+    return [
+        opts.reward_openai,
+        "--url",
+        url,
+        "--port",
+        str(opts.openai_port),
+        "--host",
+        opts.openai_host,
+        *opts.openai_args,
+    ]
+
+
+def run_with_gateway(cmd: list[str], gateway_cmd: list[str]) -> int:
+    """Start the gateway, then mpirun; return mpirun's status once it ends (the gateway is stopped with it)."""
+    gateway = subprocess.Popen(gateway_cmd)
+    try:
+        server = subprocess.Popen(cmd)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _: server.send_signal(signum))
+        return server.wait()
+    finally:
+        gateway.terminate()
+        try:
+            gateway.wait(15)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+
+
 def plan(
     repository: str | os.PathLike[str],
     hosts: Sequence[Host] | None,
@@ -251,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-x", "--env", action="append", default=[], help="forward this environment variable (repeatable)")
     p.add_argument("--mpirun-args", default="", help="extra mpirun options, one shell-quoted string")
     p.add_argument("--server-args", default="", help="extra tritonserver options for every rank")
+    p.add_argument("--openai-port", type=int, help="also run reward-openai (OpenAI-compatible reward API) on this port")
+    p.add_argument("--openai-host", default=d.openai_host, help="address reward-openai listens on")
+    p.add_argument("--openai-args", default="", help="extra reward-openai options, e.g. '--served-model-name NAME'")
     p.add_argument("--exec", action="store_true", help="replace this process with mpirun instead of printing")
     return p
 
@@ -269,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             env=tuple(a.env),
             mpirun_args=tuple(shlex.split(a.mpirun_args)),
             server_args=tuple(shlex.split(a.server_args)),
+            openai_port=a.openai_port,
+            openai_host=a.openai_host,
+            openai_args=tuple(shlex.split(a.openai_args)),
         )
         cmd, warnings = plan(a.model_repository, hosts, a.engine_dir, opts)
     except (LaunchError, OSError) as e:
@@ -276,10 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    gateway = openai_command(hosts, opts)
     if a.exec:
         sys.stdout.flush()
+        if gateway is not None:
+            return run_with_gateway(cmd, gateway)
         os.execvp(cmd[0], cmd)
     print(shlex.join(cmd))
+    if gateway is not None:
+        print(shlex.join(gateway))
     return 0
 
 
