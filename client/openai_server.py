@@ -120,7 +120,7 @@ class Backend:
         self.config = config
         self._client: RewardClient | None = None
         self._since = 0.0
-        self._closing: set[asyncio.Task[None]] = set()
+        self._retired: dict[asyncio.Task[None], RewardClient] = {}  # old channels, closed after a grace period
 
     def current(self) -> RewardClient:
         if self._client is None:
@@ -136,8 +136,8 @@ class Backend:
             return
         self._client = None
         task = asyncio.ensure_future(self._close_later(failed, self.config.timeout + 1.0))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._retired[task] = failed
+        task.add_done_callback(lambda t: self._retired.pop(t, None))
 
     @staticmethod
     async def _close_later(client: RewardClient, delay: float) -> None:
@@ -145,9 +145,10 @@ class Backend:
         await client.close()
 
     async def close(self) -> None:
-        for task in list(self._closing):
+        for task in list(self._retired):
             task.cancel()
-        clients = [self._client] if self._client is not None else []
+        clients = [*self._retired.values(), *([self._client] if self._client is not None else [])]
+        self._retired.clear()
         self._client = None
         for client in clients:
             await client.close()
