@@ -30,6 +30,7 @@ from client.conversations import RecordError, apply_labels, format_label, parse_
 CHECKPOINT_SUFFIX = ".ckpt"
 ERRORS_SUFFIX = ".errors.jsonl"
 CHECKPOINT_VERSION = 1
+STATUS_INTERVAL_S = 1.0
 
 Scorer = Callable[[Mapping[str, Any]], Awaitable[Score]]
 
@@ -302,6 +303,19 @@ def _progress(total: int | None, initial: int, enabled: bool) -> Any:
     )
 
 
+def _show_status(bar: Any, text: str | None, shown: str | None, progress: bool) -> str | None:
+    """Put the client's retry state on the progress line (or stderr without one); returns what is shown."""
+    if text == shown:
+        return shown
+    if progress:
+        bar.set_description_str(f"annotate [{text}]" if text else "annotate")
+    elif text and not shown:
+        print(f"annotate: {text}", file=sys.stderr, flush=True)
+    elif shown and not text:
+        print("annotate: server back, continuing", file=sys.stderr, flush=True)
+    return text
+
+
 async def annotate_file(
     in_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -312,6 +326,7 @@ async def annotate_file(
     restart: bool = False,
     progress: bool = True,
     on_commit: Callable[[Checkpoint], None] | None = None,
+    status: Callable[[], str | None] | None = None,
 ) -> Summary:
     """Annotate IN into OUT, resuming from OUT's checkpoint when there is one. See the module docstring."""
     src = Path(in_path)
@@ -325,6 +340,7 @@ async def annotate_file(
     bar = _progress(count_lines(src) if progress else None, ckpt.lines_done, progress)
     started = time.monotonic()
     handled = 0
+    shown: str | None = None
     queue: deque[tuple[asyncio.Task[LineResult], int]] = deque()
     try:
         with open(src, "rb") as f:
@@ -343,7 +359,11 @@ async def annotate_file(
                 if not queue:
                     break
                 task, end = queue[0]
-                result = await task  # in input order: the deque is the reorder buffer
+                while not task.done():  # in input order: the deque is the reorder buffer
+                    await asyncio.wait({task}, timeout=STATUS_INTERVAL_S)
+                    if status is not None:
+                        shown = _show_status(bar, status(), shown, progress)
+                result = task.result()
                 queue.popleft()
                 writer.add(result, end)
                 handled += 1

@@ -6,7 +6,9 @@
         s.scores["helpfulness"], s.reward, s.num_input_tokens, s.truncated
 
 Errors: `RequestError` when the server rejects a request (INVALID_ARG: bad conversation, too long, ...; never
-retried); `ServerError` for anything else once the retries on UNAVAILABLE / DEADLINE_EXCEEDED are used up.
+retried); `ServerError` for anything else. A server that is down or restarting (UNAVAILABLE, DEADLINE_EXCEEDED,
+or INTERNAL from a python backend stub that died, which the server's supervisor heals by restarting) is retried
+with exponential backoff and jitter for `RetryPolicy.max_wait` seconds before the ServerError.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -24,6 +27,10 @@ DEFAULT_URL = "localhost:8001"
 DEFAULT_MODEL = "ensemble"
 RETRYABLE = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"})
 REJECTED = frozenset({"StatusCode.INVALID_ARGUMENT"})
+# INTERNAL with this text: a dead python backend stub (reward_triton.supervisor restarts the server)
+DEAD_STUB = "is not healthy"
+# reconnect to a restarted server within seconds (gRPC's default backoff grows to 120 s)
+CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
 # ensemble config parameters (JSON strings) that describe the outputs
 PARAM_ATTRIBUTES = "attribute_names"
 PARAM_TRAINED = "trained_attributes"
@@ -128,15 +135,24 @@ def _message(error: Exception) -> str:
     return str(message()) if callable(message) else str(error)
 
 
+def retryable(status: str, message: str) -> bool:
+    """The server is down, restarting or overloaded: the same request may well succeed later."""
+    return status in RETRYABLE or (status == "StatusCode.INTERNAL" and DEAD_STUB in message)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5  # total tries per request
+    max_wait: float = 60.0  # seconds a request keeps retrying before it fails
     base_delay: float = 0.2  # seconds; doubles each retry
     max_delay: float = 10.0
+    attempts: int | None = None  # optional cap on tries per request
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with jitter before try number `attempt + 1` (attempt counts from 1)."""
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        return min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0)
+
+    def gives_up(self, attempt: int, waited: float, next_delay: float) -> bool:
+        return (self.attempts is not None and attempt >= self.attempts) or waited + next_delay > self.max_wait
 
 
 class RewardClient:
@@ -162,6 +178,14 @@ class RewardClient:
         self._semaphore: asyncio.Semaphore | None = None
         self._metadata: ModelMetadata | None = None
         self._metadata_lock: asyncio.Lock | None = None
+        self._waiting = 0  # calls sleeping before a retry
+        self._waiting_since: float | None = None
+
+    def retry_status(self) -> str | None:
+        """'server unavailable, retrying (N s)' while calls are waiting to retry, else None (for progress lines)."""
+        if not self._waiting or self._waiting_since is None:
+            return None
+        return f"server unavailable, retrying ({time.monotonic() - self._waiting_since:.0f} s)"
 
     async def __aenter__(self) -> RewardClient:
         return self
@@ -178,7 +202,7 @@ class RewardClient:
         if self._client is None:  # created inside the running loop: grpc.aio channels bind to it
             import tritonclient.grpc.aio as grpcclient
 
-            self._client = grpcclient.InferenceServerClient(self.url)
+            self._client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
             self._semaphore = asyncio.Semaphore(self.concurrency)
         return self._client
 
@@ -187,6 +211,7 @@ class RewardClient:
         from tritonclient.utils import InferenceServerException
 
         attempt = 0
+        first = time.monotonic()
         while True:
             attempt += 1
             try:
@@ -195,12 +220,23 @@ class RewardClient:
                 status, message = _status(e), _message(e)
                 if status in REJECTED:
                     raise RequestError(message) from None
-                if status not in RETRYABLE or attempt >= self.retry.attempts:
-                    tries = f" after {attempt} tries" if attempt > 1 else ""
+                delay = self.retry.delay(attempt)
+                waited = time.monotonic() - first
+                if not retryable(status, message) or self.retry.gives_up(attempt, waited, delay):
+                    tries = f" after {attempt} tries in {waited:.0f} s" if attempt > 1 else ""
                     raise ServerError(
                         f"{what} at {self.url} failed{tries}: {status or 'error'}: {message}", status
                     ) from None
-                await asyncio.sleep(self.retry.delay(attempt))
+            await self._backoff(delay)
+
+    async def _backoff(self, delay: float) -> None:
+        if not self._waiting:
+            self._waiting_since = time.monotonic()
+        self._waiting += 1
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._waiting -= 1
 
     async def metadata(self) -> ModelMetadata:
         """Attribute names, trained attributes and scalar weights from the ensemble config (cached)."""

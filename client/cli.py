@@ -15,6 +15,9 @@ from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestError, RetryPolicy, Re
 from client.conversations import RecordError, conversation_form, parse_json
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
+# how long a request rides out an unavailable / restarting server: long jobs wait, interactive commands answer soon
+LONG_RETRY_S, SHORT_RETRY_S = 600.0, 30.0
+RETRY_S = {"annotate": LONG_RETRY_S, "evaluate": LONG_RETRY_S}
 
 EPILOG = """\
 examples:
@@ -28,8 +31,10 @@ examples:
   reward-client info                                    # attribute names served by the model
 
 annotate resumes by itself: rerun the same command after an interruption (even kill -9) and it continues
-where it stopped; the output equals an uninterrupted run. Lines that cannot be scored go to OUT.errors.jsonl
-(line number and reason); the exit status is 1 when any line failed, 2 on other errors.
+where it stopped; the output equals an uninterrupted run. While the server is down or restarting, requests are
+retried (--retry-for, 10 minutes for annotate) and the progress line says "server unavailable, retrying". Lines
+that cannot be scored (unreadable, or rejected by the server) go to OUT.errors.jsonl (line number and reason) and
+the job goes on; the exit status is 1 when any line failed, 2 on other errors.
 """
 
 
@@ -44,7 +49,15 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--model", default=default(DEFAULT_MODEL), help=f"Triton model name (default {DEFAULT_MODEL})")
     g.add_argument("--concurrency", type=int, default=default(16), help="requests in flight at most (default 16)")
     g.add_argument("--timeout", type=float, default=default(120.0), help="seconds per request (default 120)")
-    g.add_argument("--retries", type=int, default=default(5), help="tries per request on UNAVAILABLE/DEADLINE_EXCEEDED")
+    g.add_argument(
+        "--retry-for",
+        type=float,
+        default=default(None),
+        metavar="SECONDS",
+        help="keep retrying a request while the server is unavailable or restarting for this long (default "
+        f"{LONG_RETRY_S:.0f} for annotate and evaluate, {SHORT_RETRY_S:.0f} for the others)",
+    )
+    g.add_argument("--retries", type=int, default=default(None), help="at most this many tries per request")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +143,10 @@ def _client(args: argparse.Namespace) -> RewardClient:
         model=args.model,
         concurrency=args.concurrency,
         timeout=args.timeout,
-        retry=RetryPolicy(attempts=max(1, args.retries)),
+        retry=RetryPolicy(
+            max_wait=args.retry_for if args.retry_for is not None else RETRY_S.get(args.command, SHORT_RETRY_S),
+            attempts=None if args.retries is None else max(1, args.retries),
+        ),
     )
 
 
@@ -190,6 +206,7 @@ async def cmd_annotate(args: argparse.Namespace) -> int:
             errors_path=args.errors,
             restart=args.restart,
             progress=not args.no_progress,
+            status=client.retry_status,
         )
     if summary.already_done:
         print(

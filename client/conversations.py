@@ -33,9 +33,22 @@ def parse_json(text: str | bytes) -> Any:
         except UnicodeDecodeError as e:
             raise RecordError(f"not valid UTF-8 (byte {e.start})") from e
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except RecursionError:
+        raise RecordError("JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer literal beyond Python's conversion limit
+        raise RecordError(f"JSON value cannot be read: {e}") from None
+    if "\\u" in text:  # only a \u escape can spell a lone surrogate, which is not text (and cannot be sent)
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            code = ord(e.object[e.start])
+            raise RecordError(
+                f"contains an invalid Unicode code point U+{code:04X} (a lone surrogate escape)"
+            ) from None
+    return value
 
 
 def conversation_form(data: Any) -> str:

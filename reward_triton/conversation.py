@@ -79,11 +79,25 @@ def _type_name(value: Any) -> str:
 def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
     if not isinstance(value, kind):
         raise ConversationError(f"{where} must be {what}, got {_type_name(value)}")
+    if isinstance(value, str):
+        _check_text(value, where)
     return value
+
+
+def _check_text(value: str, where: str) -> None:
+    """JSON escapes can spell lone UTF-16 surrogates (\\ud800), which are not text: no tokenizer can encode them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConversationError(
+            f"{where} contains an invalid Unicode code point U+{ord(value[e.start]):04X} at character {e.start} "
+            "(a lone surrogate from a \\u escape is not text)"
+        ) from None
 
 
 def _openai_content(content: Any, where: str) -> str:
     if isinstance(content, str):
+        _check_text(content, where)
         return content
     if isinstance(content, list):
         parts = []
@@ -180,6 +194,10 @@ def loads(text: str | bytes) -> Conversation:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConversationError(f"conversation is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except RecursionError:
+        raise ConversationError("conversation JSON is nested too deeply (arrays/objects within each other)") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python's conversion limit
+        raise ConversationError(f"conversation JSON has a value that cannot be read: {e}") from None
     return parse(data)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from reward_triton.errors import ServerFault
 from reward_triton.metadata import RewardMetadata
 
 
-class HeadError(ValueError):
-    pass
+class HeadError(ServerFault):
+    """The head metadata does not fit the engine's logits: a deployment fault (INTERNAL), not the request's."""
 
 
 def scores(logits: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:

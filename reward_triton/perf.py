@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reward_triton.preprocess import Preprocessor, RequestError
+from reward_triton.errors import RequestError
+from reward_triton.preprocess import Preprocessor
 
 PA_WHEEL = "tritonclient==2.41.0"
 PA_MEMBER = "tritonclient-2.41.0.data/data/bin/perf_analyzer"

@@ -20,15 +20,12 @@ import numpy as np
 
 from reward_triton import template
 from reward_triton.conversation import Conversation, ConversationError, loads
+from reward_triton.errors import RequestError
 from reward_triton.metadata import RewardMetadata
 from reward_triton.tokenizer import Tokenizer
 
 TEXT_INPUTS = ("conversation", "text", "sentences")
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
-
-
-class RequestError(ValueError):
-    """A bad request: the message names the problem; Triton returns it as INVALID_ARG."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 REAL_TRITON = Path("/opt/tritonserver/bin/tritonserver")
 OVERRIDE_ENV = "REWARD_TRITON_SERVER"
+MMAP_THRESHOLD = 1 << 20
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -119,14 +120,30 @@ def server_command(args: Sequence[str], env: dict[str, str] | None = None) -> tu
     return [str(binary), *args], env
 
 
+def bounded_malloc(env: dict[str, str]) -> None:
+    """A fixed glibc mmap threshold for the server and its stubs: buffers of 1 MiB and more (request tensors) are
+    mapped and unmapped, not kept in the heap. glibc's default threshold adapts upward to the largest buffer freed
+    (up to 32 MiB), after which every large request leaves its bytes in a heap that is never returned; measured
+    in docs/serving.md ("Memory")."""
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" not in tunables:
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}"]))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """`tritonserver ARGS`: the server under `reward_triton.supervisor` (restarts it when it or a stub dies)."""
+    from reward_triton.supervisor import supervise
+
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cmd, env = server_command(args)
     except ServerError as e:
         print(f"tritonserver: {e}", file=sys.stderr)
         sys.exit(1)
-    os.execve(cmd[0], cmd, env)
+    if any(a in ("--help", "-h", "--version") for a in args):
+        os.execve(cmd[0], cmd, env)
+    bounded_malloc(env)
+    sys.exit(supervise(cmd, env))
 
 
 # ---- a managed server process -----------------------------------------------------------------------------
@@ -173,7 +190,7 @@ class ServerProcess:
     def start(self, timeout: float = 120.0, attempts: int = 3) -> ServerProcess:
         """Start and wait until every model is ready; on a port taken meanwhile, retry on fresh ports."""
         for attempt in range(attempts):
-            # Through the entry point itself (it execs tritonserver, so proc is the server process).
+            # Through the entry point itself: proc is the supervisor, the server runs as its child.
             cmd = [sys.executable, "-m", "reward_triton.server", *self.args()]
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "wb") as log:

@@ -1,8 +1,10 @@
 """The Triton stages as plain numpy-in / numpy-out classes (the model.py files only adapt pb_utils to these).
 
 Each stage's `run(batch)` takes one dict of input arrays per request (absent optional inputs are None; arrays
-keep Triton's leading batch dim of 1) and returns, per request, a dict of output arrays or a RequestError
-(→ INVALID_ARG for that request only; the rest of the batch still succeeds).
+keep Triton's leading batch dim of 1) and returns, per request, a dict of output arrays or a `Failure`
+(`reward_triton.errors`: INVALID_ARG or INTERNAL for that request only). Whatever one request does, it gets its own
+result: every request runs under `errors.guarded`, and a failed batched engine forward is retried one sequence at a
+time so that only the sequence that fails gets the error.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from reward_triton import heads
+from reward_triton.errors import Failure, RequestError, ServerFault, guarded, log
 from reward_triton.metadata import RewardMetadata
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Preprocessor, RequestError
+from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Preprocessor
 
 Inputs = Mapping[str, np.ndarray | None]
-Result = dict[str, np.ndarray] | RequestError
+Outputs = dict[str, np.ndarray]
+Result = Outputs | Failure
 
 
 class Stage(Protocol):
@@ -53,13 +57,7 @@ class PreprocessStage:
         self.pre = Preprocessor.from_dir(model_dir, max_request_bytes)
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
-        out: list[Result] = []
-        for inputs in batch:
-            try:
-                out.append(self.pre.prepare(inputs).tensors())
-            except RequestError as e:
-                out.append(e)
-        return out
+        return [guarded(lambda inputs=inputs: self.pre.prepare(inputs).tensors()) for inputs in batch]
 
 
 class PostprocessStage:
@@ -68,21 +66,20 @@ class PostprocessStage:
     def __init__(self, model_dir: str | os.PathLike[str]):
         self.meta = RewardMetadata.load(model_dir)
 
+    def _one(self, inputs: Inputs) -> Outputs:
+        logits = inputs.get("generation_logits")
+        if logits is None:
+            raise RequestError("input 'generation_logits' is missing")
+        # [1, beams, out_len, V]: the first beam's first generated position is the reward position.
+        arr = np.asarray(logits, dtype=np.float32)
+        if arr.ndim == 0 or arr.size == 0:
+            raise RequestError(f"input 'generation_logits' has shape {list(arr.shape)}: no logits")
+        last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
+        s = heads.scores(last, self.meta)  # a head that does not fit the engine's logits is our fault: HeadError
+        return {"scores": s, "reward": heads.reward(s, self.meta)[:, None]}
+
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
-        out: list[Result] = []
-        for inputs in batch:
-            logits = inputs.get("generation_logits")
-            try:
-                if logits is None:
-                    raise RequestError("input 'generation_logits' is missing")
-                # [1, beams, out_len, V]: the first beam's first generated position is the reward position.
-                arr = np.asarray(logits, dtype=np.float32)
-                last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
-                s = heads.scores(last, self.meta)
-                out.append({"scores": s, "reward": heads.reward(s, self.meta)[:, None]})
-            except (RequestError, heads.HeadError) as e:
-                out.append(RequestError(str(e)))
-        return out
+        return [guarded(lambda inputs=inputs: self._one(inputs)) for inputs in batch]
 
 
 class EngineStage:
@@ -152,21 +149,36 @@ class EngineStage:
         exclude = _scalar("exclude_input_in_output", inputs.get("exclude_input_in_output"), False, bool)
         return seq.tolist(), exclude
 
+    def _forward(self, seqs: list[list[int]]) -> np.ndarray:
+        logits = np.asarray(self.engine.logits(seqs).float().cpu().numpy(), dtype=np.float32)
+        if logits.shape[0] != len(seqs) or not np.isfinite(logits).all():
+            raise ServerFault(f"the engine returned logits of shape {list(logits.shape)} with non-finite values")
+        return logits
+
+    def _logits(self, seqs: list[list[int]]) -> list[np.ndarray | Failure]:
+        """One batched forward; if it fails, each sequence alone, so a failure stays with the sequence causing it."""
+        try:
+            return list(self._forward(seqs))
+        except Exception:
+            if len(seqs) == 1:
+                return [guarded(lambda: self._forward(seqs)[0])]
+            log.exception("batched engine forward failed; retrying the %d sequences one at a time", len(seqs))
+            return [guarded(lambda seq=seq: self._forward([seq])[0]) for seq in seqs]
+
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         out: list[Result] = []
         valid: list[tuple[int, list[int], bool]] = []
         for i, inputs in enumerate(batch):
-            try:
-                seq, exclude = self._validate(inputs)
-            except RequestError as e:
-                out.append(e)
-                continue
-            out.append({})
-            valid.append((i, seq, exclude))
+            checked = guarded(lambda inputs=inputs: self._validate(inputs))
+            out.append(checked if isinstance(checked, Failure) else {})
+            if not isinstance(checked, Failure):
+                valid.append((i, *checked))
         if not valid:
             return out
-        logits = self.engine.logits([seq for _, seq, _ in valid]).float().cpu().numpy()
-        for (i, seq, exclude), row in zip(valid, logits, strict=True):
+        for (i, seq, exclude), row in zip(valid, self._logits([seq for _, seq, _ in valid]), strict=True):
+            if isinstance(row, Failure):
+                out[i] = row
+                continue
             generated = int(np.argmax(row))
             ids = [generated] if exclude else [*seq, generated]
             out[i] = {

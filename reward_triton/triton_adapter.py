@@ -6,12 +6,11 @@ Kept apart from the stages so everything but this file is testable without a Tri
 from __future__ import annotations
 
 import json
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from reward_triton.preprocess import RequestError
-from reward_triton.stages import Stage
+from reward_triton.errors import Failure, guarded, log
+from reward_triton.stages import Inputs, Stage
 
 
 def parameters(args: dict[str, Any]) -> dict[str, str]:
@@ -27,25 +26,34 @@ def require(params: dict[str, str], key: str) -> str:
     return value
 
 
+def _inputs(pb: Any, stage: Stage, request: Any) -> Inputs:
+    inputs = {}
+    for name in stage.input_names:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        inputs[name] = None if tensor is None else tensor.as_numpy()
+    return inputs
+
+
+def error_response(pb: Any, failure: Failure) -> Any:
+    code = pb.TritonError.INVALID_ARG if failure.invalid_request else pb.TritonError.INTERNAL
+    return pb.InferenceResponse(error=pb.TritonError(failure.message, code))
+
+
 def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
-    """One response per request; a RequestError becomes INVALID_ARG for that request only."""
-    batch = []
-    for request in requests:
-        inputs = {}
-        for name in stage.input_names:
-            tensor = pb.get_input_tensor_by_name(request, name)
-            inputs[name] = None if tensor is None else tensor.as_numpy()
-        batch.append(inputs)
+    """One response per request, each with its own result or its own error (`reward_triton.errors`)."""
+    read = [guarded(lambda r=r: _inputs(pb, stage, r)) for r in requests]
+    batch = [inputs for inputs in read if not isinstance(inputs, Failure)]
     try:
-        results = stage.run(batch)
-    except Exception as e:  # an engine failure fails the whole batch, with the reason
-        message = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-        return [pb.InferenceResponse(error=pb.TritonError(message, pb.TritonError.INTERNAL)) for _ in requests]
+        results = iter(stage.run(batch))
+    except Exception as e:  # a stage isolates its requests itself; this is a bug in the stage
+        log.exception("stage %s failed on a batch of %d", type(stage).__name__, len(batch))
+        failure = Failure.of(e)
+        results = iter([failure] * len(batch))
     responses = []
-    for result in results:
-        if isinstance(result, RequestError):
-            responses.append(pb.InferenceResponse(error=pb.TritonError(str(result), pb.TritonError.INVALID_ARG)))
+    for inputs in read:
+        result = inputs if isinstance(inputs, Failure) else next(results)
+        if isinstance(result, Failure):
+            responses.append(error_response(pb, result))
         else:
-            tensors = [pb.Tensor(name, array) for name, array in result.items()]
-            responses.append(pb.InferenceResponse(output_tensors=tensors))
+            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()]))
     return responses

@@ -178,6 +178,49 @@ def test_retries_unavailable_then_succeeds_and_never_retries_invalid_arg(monkeyp
     asyncio.run(run())
 
 
+def test_dead_stub_is_retried_for_max_wait_and_other_internal_errors_are_not(monkeypatch):
+    import tritonclient.utils
+
+    monkeypatch.setattr(tritonclient.utils, "InferenceServerException", _Status)
+    client = RewardClient(retry=RetryPolicy(max_wait=0.5, base_delay=0.01, max_delay=0.05))
+    calls: list[float] = []
+    seen: list[str | None] = []
+
+    async def healing():  # the supervisor restarts the server: INTERNAL "not healthy", then UNAVAILABLE, then fine
+        calls.append(time.monotonic())
+        seen.append(client.retry_status())
+        if len(calls) == 1:
+            raise _Status("StatusCode.INTERNAL", "Stub process 'preprocessing_0_0' is not healthy.")
+        if len(calls) < 4:
+            raise _Status("StatusCode.UNAVAILABLE", "failed to connect to all addresses")
+        return "ok"
+
+    async def bug():
+        calls.append(time.monotonic())
+        raise _Status("StatusCode.INTERNAL", "internal error: KeyError: 'x'")
+
+    async def down():
+        calls.append(time.monotonic())
+        raise _Status("StatusCode.UNAVAILABLE", "failed to connect to all addresses")
+
+    async def run():
+        assert await client._call("infer", healing) == "ok" and len(calls) == 4
+        assert seen[0] is None and client.retry_status() is None
+        calls.clear()
+        with pytest.raises(ServerError, match="KeyError"):
+            await client._call("infer", bug)
+        assert len(calls) == 1  # a server fault is not retried
+        calls.clear()
+        task = asyncio.ensure_future(client._call("infer", down))
+        await asyncio.sleep(0.1)
+        assert (client.retry_status() or "").startswith("server unavailable, retrying")
+        with pytest.raises(ServerError, match="UNAVAILABLE"):
+            await task
+        assert 0.3 < calls[-1] - calls[0] <= 0.5 and len(calls) > 5  # kept trying for max_wait, then gave up
+
+    asyncio.run(run())
+
+
 # ---- the annotate job, with a fake scorer ----
 OPTS = AnnotateOptions(attributes=TRAINED, window=8, batch_lines=3, batch_seconds=0.0)
 
@@ -209,6 +252,31 @@ def test_annotate_labels_in_input_order_and_lists_bad_lines(tmp_path):
     assert json.loads(ckpt.read_text())["done"] is True
     again = _annotate(src, out)  # a rerun of a finished job changes nothing
     assert again.already_done and out.read_text().splitlines() == lines
+
+
+POISON_LINES = [  # (raw line, what its error says)
+    (b"[" * 5000, "nested too deeply"),
+    (b'{"conversations": [], "n": ' + b"9" * 5000 + b"}", "4300 digits"),
+    (b'{"conversations": [{"from": "User", "value": "\\ud800"}, {"from": "Assistant", "value": "a", "label": 1}]}',
+     "U+D800"),
+    (b"\xff\xfe not utf-8", "not valid UTF-8"),
+]  # fmt: skip
+
+
+def test_annotate_poison_lines_go_to_the_errors_file_and_the_job_goes_on(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 6, {})
+    lines = src.read_bytes().splitlines(keepends=True)
+    for k, (raw, _) in enumerate(POISON_LINES):
+        lines.insert(1 + 2 * k, raw + b"\n")
+    src.write_bytes(b"".join(lines))
+    out, err, _ = paths(tmp_path / "out.jsonl")
+    summary = _annotate(src, out)
+    assert (summary.lines, summary.ok, summary.errors) == (10, 6, 4)
+    errors = [json.loads(x) for x in err.read_text().splitlines()]
+    assert [e["line"] for e in errors] == [2, 4, 6, 8]
+    for e, (_, needle) in zip(errors, POISON_LINES, strict=True):
+        assert needle in e["error"], e
 
 
 def test_annotate_resumes_after_a_failure_and_a_torn_write(tmp_path):

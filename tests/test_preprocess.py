@@ -12,8 +12,9 @@ import sentencepiece as spm
 from build_engine import fixtures
 from reward_triton import heads, template
 from reward_triton.conversation import from_turns, loads
+from reward_triton.errors import Failure, RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
-from reward_triton.preprocess import Preprocessor, RequestError
+from reward_triton.preprocess import Preprocessor
 from reward_triton.stages import EngineStage, PostprocessStage, PreprocessStage
 from reward_triton.tokenizer import Tokenizer
 
@@ -157,11 +158,53 @@ def test_bad_requests(pre: Preprocessor, inputs: dict, needle: str) -> None:
     assert needle in str(e.value)
 
 
+def _openai(user: str, assistant: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+
+
+POISONS = [  # (conversation JSON, what the INVALID_ARG message must say)
+    ("{", "not valid JSON"),
+    ("[" * 5000, "nested too deeply"),
+    ('{"messages": [], "n": ' + "9" * 5000 + "}", "4300 digits"),
+    (_openai("\ud800 hi", "x"), "U+D800"),
+    (_openai("x", "\udfff"), "messages[1].content contains an invalid Unicode code point U+DFFF"),
+    (
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud83d"}]}, '
+        '{"role": "assistant", "content": "y"}]}',
+        "messages[0].content[0].text",
+    ),
+    ('{"system": "\\ud800", "conversations": [{"from": "Assistant", "value": "y"}]}', "system contains"),
+]
+
+
 def test_preprocess_stage_isolates_errors(model_dir: Path) -> None:
     stage = PreprocessStage(model_dir)
-    out = stage.run([{"text": _obj("hello")}, {"conversation": _obj("{")}, {"text": _obj("world")}])
-    assert isinstance(out[1], RequestError) and "not valid JSON" in str(out[1])
+    good = [{"text": _obj("hello")}, {"conversation": _obj(_openai("2+2?", "4"))}]
+    batch = [good[0], *({"conversation": _obj(p)} for p, _ in POISONS), good[1]]
+    out = stage.run(batch)
+    for (_, needle), result in zip(POISONS, out[1:-1], strict=True):
+        assert isinstance(result, Failure) and result.invalid_request and needle in result.message, result
+    alone = [stage.run([g])[0] for g in good]
+    for got, want in zip([out[0], out[-1]], alone, strict=True):
+        assert isinstance(got, dict) and isinstance(want, dict)
+        assert got["input_ids"].tolist() == want["input_ids"].tolist()
+
+
+def test_unexpected_errors_are_internal_and_isolated(model_dir: Path) -> None:
+    """A bug (any exception type) in one request's processing is INTERNAL for that request only."""
+    stage = PreprocessStage(model_dir)
+    real = stage.pre.tokenizer.encode
+
+    def flaky(text: str) -> list[int]:
+        if "boom" in text:
+            raise RuntimeError("tokenizer exploded")
+        return real(text)
+
+    stage.pre.tokenizer.encode = flaky  # type: ignore[method-assign]
+    out = stage.run([{"text": _obj("a")}, {"text": _obj("boom")}, {"text": _obj("b")}])
     assert isinstance(out[0], dict) and isinstance(out[2], dict)
+    assert isinstance(out[1], Failure) and not out[1].invalid_request
+    assert "RuntimeError: tokenizer exploded" in out[1].message
 
 
 def test_heads_and_postprocess(model_dir: Path) -> None:
@@ -173,7 +216,13 @@ def test_heads_and_postprocess(model_dir: Path) -> None:
     assert heads.named(s[0], meta) == {"a": 1.5, "b": 1.0, "c": 3.0}
     with pytest.raises(heads.HeadError):
         heads.scores(np.zeros((1, 2)), meta)
-    out = PostprocessStage(model_dir).run([{"generation_logits": logits[0].reshape(1, 1, 1, 4)}])[0]
+    post = PostprocessStage(model_dir)
+    out, short, missing = post.run(
+        [{"generation_logits": logits[0].reshape(1, 1, 1, 4)}, {"generation_logits": np.zeros((1, 1, 1, 2))}, {}]
+    )
+    # logits narrower than the head: the deployment is wrong, not the request (INTERNAL)
+    assert isinstance(short, Failure) and not short.invalid_request and "the head" in short.message
+    assert isinstance(missing, Failure) and missing.invalid_request
     assert isinstance(out, dict)
     np.testing.assert_allclose(out["scores"], [[1.5, 1.0, 3.0]])
     np.testing.assert_allclose(out["reward"], [[-1.0]])
@@ -224,7 +273,30 @@ def test_engine_stage_batches_and_validates() -> None:
         (3, "[0, 10)"),
         (4, "context"),
     ]:
-        assert isinstance(out[i], RequestError) and needle in str(out[i]), out[i]
+        assert isinstance(out[i], Failure) and out[i].invalid_request and needle in out[i].message, out[i]
+
+
+class _PoisonedEngine(_FakeEngine):
+    """Fails any forward that contains the token 7 (an engine fault on one sequence)."""
+
+    def logits(self, seqs: list[list[int]]):
+        if any(7 in s for s in seqs):
+            self.calls.append(seqs)
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return super().logits(seqs)
+
+
+def test_engine_failure_stays_with_its_sequence() -> None:
+    engine = _PoisonedEngine()
+    stage = EngineStage(engine, max_input_len=8, vocab_size=10)
+    batch = [
+        {"input_ids": np.array([ids], dtype=np.int32), "request_output_len": np.array([1], dtype=np.int32)}
+        for ids in ([1, 2], [3, 7], [4])
+    ]
+    out = stage.run(batch)
+    assert isinstance(out[1], Failure) and not out[1].invalid_request and "illegal memory access" in out[1].message
+    np.testing.assert_allclose(out[0]["generation_logits"].reshape(-1), [2, 3, 0])
+    np.testing.assert_allclose(out[2]["generation_logits"].reshape(-1), [1, 4, 0])
 
 
 def test_tokenizer_roundtrip(model_dir: Path) -> None:
