@@ -6,8 +6,8 @@ point therefore runs the server as a child in its own process group and watches 
 
 - a stub that disappears or turns zombie while Triton still lists its model as loaded, or the server process
   exiting, is a fault: the whole process group is killed (stubs ignore SIGTERM once their parent is gone), the dead
-  server's shared-memory regions are removed, and the server is started again after a backoff (1 s doubling to
-  30 s, reset after 60 s of health). While it restarts its endpoints are closed, so readiness probes fail;
+  server's shared-memory regions are removed, and the server is started again after a backoff (0.5 s doubling
+  to 30 s, reset after 30 s of health). While it restarts its endpoints are closed, so readiness probes fail;
   in-flight requests fail with UNAVAILABLE or INTERNAL "... not healthy", which clients retry.
 - a server that exits before it was ever ready (a bad repository, a port in use) is not restarted: its exit status
   is returned, as a plain tritonserver would.
@@ -43,8 +43,8 @@ DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _KNOWN_PREFIXES = (re.escape(DEFAULT_SHM_PREFIX), r"prefix\d+_", r"rt\d+_(?:[0-9a-f]{8}_)?")
 POLL_S = 0.2
-BACKOFF_S = (1.0, 30.0)
-HEALTHY_RESET_S = 60.0
+BACKOFF_S = (0.5, 30.0)
+HEALTHY_RESET_S = 30.0
 RESTART_ENV = "REWARD_TRITON_RESTART"
 
 
@@ -137,18 +137,20 @@ def kill_orphaned_stubs() -> list[int]:
     return killed
 
 
-def _shm_in_use() -> set[str]:
+def _in_use(directory: Path) -> set[str]:
+    """Names of the files in `directory` that some process of this user maps or holds open."""
+    root = str(directory).rstrip("/") + "/"
     used: set[str] = set()
     for pid in _own_pids():
         for line in (_read(f"/proc/{pid}/maps") or "").splitlines():
-            i = line.find("/dev/shm/")
+            i = line.find(root)
             if i >= 0:
-                used.add(line[i + len("/dev/shm/") :].removesuffix(" (deleted)"))
+                used.add(line[i + len(root) :].removesuffix(" (deleted)"))
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("/dev/shm/"):
-                    used.add(target[len("/dev/shm/") :])
+                if target.startswith(root):
+                    used.add(target[len(root) :])
         except OSError:
             continue
     return used
@@ -163,7 +165,7 @@ def remove_stale_regions(prefixes: Sequence[str] = (), shm_dir: Path = SHM_DIR) 
         return []
     if not names:
         return []
-    used = _shm_in_use()
+    used = _in_use(shm_dir)
     removed = []
     for name in names:
         if name not in used:
