@@ -40,7 +40,16 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client.api import DEFAULT_MODEL, ModelMetadata, RequestError, RetryPolicy, RewardClient, Score, ServerError
+from client.api import (
+    DEFAULT_MODEL,
+    ModelMetadata,
+    RequestError,
+    RetryPolicy,
+    RewardClient,
+    Score,
+    ServerError,
+    retryable,
+)
 from client.conversations import RecordError, format_value
 from client.openai_schemas import (
     AssistantMessage,
@@ -64,9 +73,8 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_PORT = 9000
 HEALTH_TIMEOUT = 5.0  # seconds for one readiness probe of the ensemble
 RENEW_INTERVAL = 0.5  # at most one new gRPC channel per this many seconds
-UNREACHABLE = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"})
 # a short, bounded retry: a gateway answers 503 quickly and lets its caller decide (OpenAI SDKs retry 503)
-GATEWAY_RETRY = RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.2)
+GATEWAY_RETRY = RetryPolicy(max_wait=1.0, base_delay=0.05, max_delay=0.2, attempts=2)
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,8 @@ class Backend:
             code = "context_length_exceeded" if "maximum input length" in message else "invalid_conversation"
             raise ApiError(400, message, param="messages", code=code) from None
         except ServerError as e:
-            if e.status in UNREACHABLE:
+            # down, restarting (a dead stub the supervisor heals), timed out, or cut off by a channel renewal
+            if retryable(e.status, str(e)) or e.status == "StatusCode.CANCELLED":
                 log.warning("ensemble unavailable: %s", e)
                 if e.status == "StatusCode.UNAVAILABLE":
                     self.renew(client)
