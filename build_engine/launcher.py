@@ -20,13 +20,14 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from reward_triton.supervisor import RESTART_ENV
 
 ENGINE_MODEL = "tensorrt_llm"
 DEFAULT_GPUS_PER_NODE = 8
@@ -212,6 +213,7 @@ def mpirun_command(
         cmd.append("--allow-run-as-root")
     if hosts is not None:
         cmd += ["--host", ",".join(f"{h.name}:{h.slots}" for h in hosts), "--map-by", "slot"]
+    cmd += ["-x", f"{RESTART_ENV}=0"]  # a rank does not restart alone: the launcher restarts the whole job
     for name in opts.env:
         cmd += ["-x", name]
     cmd += list(opts.mpirun_args)
@@ -240,14 +242,17 @@ def openai_command(hosts: Sequence[Host] | None, opts: LaunchOptions) -> list[st
     ]
 
 
-def run_with_gateway(cmd: list[str], gateway_cmd: list[str]) -> int:
-    """Start the gateway, then mpirun; return mpirun's status once it ends (the gateway is stopped with it)."""
+def run_supervised(cmd: list[str], leader_http: str, gateway_cmd: list[str] | None = None) -> int:
+    """Run mpirun under `reward_triton.supervisor` (restarted whole when it fails after having served, e.g. a rank
+    whose stub died), with the gateway beside it when asked; mpirun's status once it is stopped."""
+    from reward_triton.supervisor import Supervisor
+
+    job = Supervisor(cmd, dict(os.environ), endpoint=leader_http, watch_stubs=False)
+    if gateway_cmd is None:
+        return job.run()
     gateway = subprocess.Popen(gateway_cmd)
     try:
-        server = subprocess.Popen(cmd)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, _: server.send_signal(signum))
-        return server.wait()
+        return job.run()
     finally:
         gateway.terminate()
         try:
@@ -298,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--openai-port", type=int, help="also run reward-openai (OpenAI-compatible reward API) on this port")
     p.add_argument("--openai-host", default=d.openai_host, help="address reward-openai listens on")
     p.add_argument("--openai-args", default="", help="extra reward-openai options, e.g. '--served-model-name NAME'")
-    p.add_argument("--exec", action="store_true", help="replace this process with mpirun instead of printing")
+    p.add_argument("--exec", action="store_true", help="run mpirun (restarted after a failure) instead of printing")
     return p
 
 
@@ -329,9 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gateway = openai_command(hosts, opts)
     if a.exec:
         sys.stdout.flush()
-        if gateway is not None:
-            return run_with_gateway(cmd, gateway)
-        os.execvp(cmd[0], cmd)
+        leader = hosts[0].name if hosts else "127.0.0.1"
+        return run_supervised(cmd, f"{leader}:{opts.http_port}", gateway)
     print(shlex.join(cmd))
     if gateway is not None:
         print(shlex.join(gateway))

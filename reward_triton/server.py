@@ -120,14 +120,18 @@ def server_command(args: Sequence[str], env: dict[str, str] | None = None) -> tu
     return [str(binary), *args], env
 
 
-def bounded_malloc(env: dict[str, str]) -> None:
-    """A fixed glibc mmap threshold for the server and its stubs: buffers of 1 MiB and more (request tensors) are
-    mapped and unmapped, not kept in the heap. glibc's default threshold adapts upward to the largest buffer freed
-    (up to 32 MiB), after which every large request leaves its bytes in a heap that is never returned; measured
-    in docs/serving.md ("Memory")."""
+def bounded_memory(args: list[str], env: dict[str, str]) -> None:
+    """Defaults that keep large (even rejected) requests from growing the server for good (docs/serving.md, Memory):
+    - a fixed glibc mmap threshold for the server and its stubs, so buffers of 1 MiB and more are mapped and
+      unmapped rather than kept in the heap (glibc's default threshold adapts upward to the largest buffer freed,
+      up to 32 MiB, after which large requests leave their bytes in heaps that are never returned);
+    - no pool of reusable gRPC request/response objects: a pooled protobuf keeps the capacity of the largest
+      request it ever held (8 pooled objects × a 20 MB request = 160 MB kept)."""
     tunables = env.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.mmap_threshold" not in tunables:
         env["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}"]))
+    if not any(a.startswith("--grpc-infer-allocation-pool-size") for a in args):
+        args.append("--grpc-infer-allocation-pool-size=0")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -142,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     if any(a in ("--help", "-h", "--version") for a in args):
         os.execve(cmd[0], cmd, env)
-    bounded_malloc(env)
+    bounded_memory(cmd, env)
     sys.exit(supervise(cmd, env))
 
 

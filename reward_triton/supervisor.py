@@ -12,8 +12,8 @@ point therefore runs the server as a child in its own process group and watches 
 - a server that exits before it was ever ready (a bad repository, a port in use) is not restarted: its exit status
   is returned, as a plain tritonserver would.
 - with `restart=False` (set by the multi-node launcher through REWARD_TRITON_RESTART=0: an MPI rank cannot rejoin
-  its job alone), a fault ends this process with a non-zero status instead, so that mpirun stops the whole job and
-  the launcher restarts it.
+  its job alone), a fault ends this process with a non-zero status instead, so that mpirun stops the whole job;
+  the launcher runs mpirun under the same supervisor (`watch_stubs=False`) and restarts the whole job.
 - at start, stubs orphaned by an earlier server that died (their parent pid gone) are killed, and python-backend
   shared-memory regions that no process maps any more are removed.
 SIGTERM/SIGINT/SIGHUP are passed to the server; a server that has not exited `--exit-timeout-secs` + 15 s later is
@@ -250,9 +250,16 @@ def _die_with_parent() -> None:
 # ---- the supervisor -----------------------------------------------------------------------------------------------
 @dataclass
 class Supervisor:
+    """Runs `cmd` (tritonserver, or mpirun for the multi-node launcher) and restarts it on a fault.
+
+    `endpoint`: the HTTP host:port whose /v2/health/ready tells when it serves (None: it has no HTTP endpoint);
+    `watch_stubs`: also treat a dead python backend stub among its children as a fault (the server itself)."""
+
     cmd: list[str]
     env: dict[str, str]
+    endpoint: str | None
     restart: bool = True
+    watch_stubs: bool = True
     ready_timeout_s: float = 600.0  # a server with HTTP off counts as started after this long without a fault
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
@@ -285,8 +292,8 @@ class Supervisor:
             except OSError:
                 pass
 
-    def _dead_stub(self) -> Stub | None:
-        """A stub of this server that died while its model is still loaded (a fault), or None."""
+    def _scan(self) -> list[Stub]:
+        """Track the server's current stubs; return the tracked ones that are gone since the last scan."""
         assert self.proc is not None
         for pid in children(self.proc.pid):
             if pid not in self._stubs:
@@ -294,20 +301,25 @@ class Supervisor:
                 if stub is not None:
                     self._stubs[pid] = stub
         gone = [s for s in self._stubs.values() if not alive(s.pid)]
-        if not gone:
-            return None
-        loaded = loaded_models(http_endpoint(self.args))
         for stub in gone:
             del self._stubs[stub.pid]
+        return gone
+
+    def _dead_stub(self) -> Stub | None:
+        """A stub of this server that died while its model is still loaded (a fault), or None."""
+        gone = self._scan()
+        if not gone:
+            return None
+        loaded = loaded_models(self.endpoint)
+        for stub in gone:
             if loaded is None or stub.model in loaded:
                 return stub
         return None  # unloaded on purpose (model control) : not a fault
 
     def _is_ready(self, started: float) -> bool:
-        endpoint = http_endpoint(self.args)
-        if endpoint is None:
+        if self.endpoint is None:
             return time.monotonic() - started > self.ready_timeout_s
-        return _http(endpoint, "/v2/health/ready")[0] == 200
+        return _http(self.endpoint, "/v2/health/ready")[0] == 200
 
     def _watch(self) -> str | None:
         """Run until the server stops (None: on request, or it exited by itself before ever being ready) or a fault
@@ -320,15 +332,17 @@ class Supervisor:
             if code is not None:
                 if self._stopping or not ready_once:
                     return None
-                return f"tritonserver exited with status {code}"
+                return f"{Path(self.cmd[0]).name} exited with status {code}"
             if self._stopping:
                 pass
             elif not ready_once:  # stubs come and go while models load (config auto-complete runs one)
+                if self.watch_stubs:
+                    self._scan()  # track them from the start, so one that dies right after readiness is seen
                 if self._is_ready(started):
                     ready_once = True
                     if self.restarts:
                         log(f"serving again (restart {self.restarts})")
-            else:
+            elif self.watch_stubs:
                 stub = self._dead_stub()
                 if stub is not None:
                     return f"the python backend stub of model '{stub.model}' (pid {stub.pid}) died"
@@ -350,7 +364,7 @@ class Supervisor:
                 try:
                     self.proc.wait(self._stop_timeout())
                 except subprocess.TimeoutExpired:
-                    log("tritonserver did not exit in time: killing it")
+                    log(f"{Path(self.cmd[0]).name} did not exit in time: killing it")
                 self._kill_group()
                 clean_up([p for p in [shm_prefix(self.args)] if p])
                 return 128 + self._stopping if self._stopping and self.proc.returncode < 0 else self.proc.returncode
@@ -362,7 +376,7 @@ class Supervisor:
             if time.monotonic() - began > HEALTHY_RESET_S:
                 delay = BACKOFF_S[0]
             self.restarts += 1
-            log(f"{fault}: restarting tritonserver in {delay:.0f} s (restart {self.restarts})")
+            log(f"{fault}: restarting {Path(self.cmd[0]).name} in {delay:.1f} s (restart {self.restarts})")
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not self._stopping:
                 time.sleep(POLL_S)
@@ -372,5 +386,6 @@ class Supervisor:
 
 
 def supervise(cmd: list[str], env: dict[str, str]) -> int:
+    """Run one tritonserver command line under supervision; its exit status."""
     restart = env.get(RESTART_ENV, "1").lower() not in ("0", "false", "no", "off")
-    return Supervisor(cmd, env, restart=restart).run()
+    return Supervisor(cmd, env, endpoint=http_endpoint(cmd[1:]), restart=restart).run()

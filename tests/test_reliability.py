@@ -335,3 +335,54 @@ def test_clean_up_keeps_regions_in_use(tmp_path: Path) -> None:
     with open(used, "r+b") as f, mmap.mmap(f.fileno(), 4096):
         removed = supervisor.remove_stale_regions(shm_dir=tmp_path)
     assert removed == [stale.name] and used.exists() and foreign.exists()
+
+
+def test_launcher_restarts_the_mpi_job_when_a_rank_fails(server: RunningServer, tmp_path: Path) -> None:
+    """The multi-node launcher's path, on one CPU rank: real mpirun, the rank's tritonserver supervised with
+    REWARD_TRITON_RESTART=0. A dead stub ends the rank, mpirun ends, the launcher starts the job again."""
+    from build_engine import launcher
+    from reward_triton.server import free_port
+
+    venv = Path(sys.executable).parent
+    opts = launcher.LaunchOptions(
+        tritonserver=str(venv / "tritonserver"),
+        mpirun=str(venv / "mpirun"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        mpirun_args=("--oversubscribe",),
+        server_args=("--http-address=127.0.0.1", "--grpc-address=127.0.0.1"),
+    )
+    cmd = launcher.mpirun_command(1, server.repository, None, opts)
+    leader = f"127.0.0.1:{opts.http_port}"
+    code = (
+        f"import sys; from build_engine.launcher import run_supervised; sys.exit(run_supervised({cmd!r}, {leader!r}))"
+    )
+    job = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    probe = RunningServer(ServerProcess(repository=server.repository, log_path=tmp_path / "unused",
+                                        http_port=opts.http_port, grpc_port=opts.grpc_port), server.checkpoint,
+                          server.repository)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not is_ready(probe) and time.monotonic() < deadline:
+            assert job.poll() is None, job.communicate()[1]
+            time.sleep(0.5)
+        assert is_ready(probe)
+        ranks = supervisor.children(job.pid)
+        (victim,) = [s for p in ranks for s in map(supervisor.Stub.of, tree(p)) if s and s.model == "preprocessing"]
+        os.kill(victim.pid, signal.SIGKILL)
+        killed, not_ready = time.monotonic(), False
+        while time.monotonic() - killed < 60:
+            ready = is_ready(probe)
+            not_ready |= not ready
+            if ready and not_ready:
+                break
+            time.sleep(0.1)
+        healed = time.monotonic() - killed
+        print(f"mpirun job serving again {healed:.1f} s after a rank's stub was killed")
+        assert not_ready and is_ready(probe) and healed <= 30
+        infer(probe, "conversation", json.dumps(GOOD[0]).encode())
+    finally:
+        job.send_signal(signal.SIGTERM)
+        _, stderr = job.communicate(timeout=90)
+    assert "restarting mpirun" in stderr, stderr
