@@ -18,8 +18,8 @@ import os
 import shutil
 import string
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reward_triton.metadata import METADATA_FILE, MetadataError, RewardMetadata
@@ -29,6 +29,7 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "reward_model")
 BACKENDS = ("torch", "tensorrtllm")
 CONFIG = "config.pbtxt"
+TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class RepositoryError(ValueError):
@@ -42,11 +43,14 @@ class RenderOptions:
     max_queue_delay_us: int = 1000
     preprocessing_instances: int = 1
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    torch_dtype: str = "float32"  # compute dtype of the PyTorch engine (weights are upcast on load)
+    reward_model_max_rows: int = 1024  # rows per `reward_model` request (NeMo-Aligner sends a whole rollout batch)
+    # Compute dtype of the PyTorch engine. "auto": the checkpoint's own dtype (config.json `dtype`): a bf16
+    # checkpoint computes bf16 GEMMs/attention with fp32 norm statistics and an fp32 head, as TensorRT-LLM does.
+    torch_dtype: str = "auto"
     torch_device: str = "cpu"
-    # Intra-op threads of the PyTorch engine. 1 by default: on small shared CPUs OpenMP threads that spin-wait
-    # while other processes hold the cores turn ms into 100s of ms; 0 = torch's default (all cores).
-    torch_threads: int = 1
+    # Intra-op threads of the PyTorch engine. None ("auto"): measured at render time on this machine with this
+    # checkpoint (`resolve_torch_options`); 0 = torch's default (all cores); N = exactly N.
+    torch_threads: int | None = None
     # One forward per sequence: scores independent of batching (bit-reproducible reruns), at a throughput cost.
     torch_batch_invariant: bool = False
     kv_cache_free_gpu_mem_fraction: float = 0.9
@@ -56,6 +60,44 @@ class RenderOptions:
             raise RepositoryError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.max_batch_size < 1:
             raise RepositoryError(f"max_batch_size must be positive, got {self.max_batch_size}")
+        if self.reward_model_max_rows < 1:
+            raise RepositoryError(f"reward_model_max_rows must be positive, got {self.reward_model_max_rows}")
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise RepositoryError(f"torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
+
+
+# Larger checkpoints are not loaded just to time threads (the CPU engine serves small models; see resolve_*).
+MEASURE_THREADS_MAX_BYTES = 4 << 30
+
+
+def resolve_torch_options(
+    checkpoint: str | os.PathLike[str], options: RenderOptions, log: Callable[[str], None] | None = None
+) -> RenderOptions:
+    """Fill the automatic PyTorch-engine choices for this checkpoint on this machine.
+
+    - torch_dtype "auto" → the checkpoint's dtype (config.json `dtype`; float32 when absent).
+    - torch_threads None → `reward_triton.bench_engine.measure_threads`: the engine scores a typical served batch
+      with 1, 2, 4, ... threads (up to the cores this process may use), best of 3 interleaved runs, and more
+      threads are taken only when ≥ 15 % faster. Without weights to time (a metadata-only directory, a device
+      other than cpu, or rank files over 4 GiB) it is 1: idle OpenMP threads that spin while other processes
+      hold a small machine's cores cost more than they give.
+    """
+    from reward_triton.engine import checkpoint_dtype
+
+    checkpoint = Path(checkpoint)
+    if options.torch_dtype == "auto":
+        options = replace(options, torch_dtype=checkpoint_dtype(checkpoint))
+    if options.torch_threads is None:
+        ranks = sorted(checkpoint.glob("rank*.safetensors"))
+        size = sum(r.stat().st_size for r in ranks)
+        if options.torch_device != "cpu" or not ranks or size > MEASURE_THREADS_MAX_BYTES:
+            threads = 1
+        else:
+            from reward_triton.bench_engine import measure_threads
+
+            threads, _ = measure_threads(checkpoint, options.torch_dtype, log=log)
+        options = replace(options, torch_threads=threads)
+    return options
 
 
 def pbtxt_string(value: str) -> str:
@@ -91,11 +133,12 @@ def variables(meta: RewardMetadata, model_dir: Path, engine_dir: Path, options: 
         "max_queue_delay_us": str(options.max_queue_delay_us),
         "preprocessing_instances": str(options.preprocessing_instances),
         "max_request_bytes": str(options.max_request_bytes),
+        "reward_model_max_rows": str(options.reward_model_max_rows),
         "model_dir": pbtxt_string(str(model_dir)),
         "engine_dir": pbtxt_string(str(engine_dir)),
         "torch_dtype": options.torch_dtype,
         "torch_device": options.torch_device,
-        "torch_threads": str(options.torch_threads),
+        "torch_threads": str(1 if options.torch_threads is None else options.torch_threads),
         "torch_batch_invariant": "true" if options.torch_batch_invariant else "false",
         "kv_cache_free_gpu_mem_fraction": str(options.kv_cache_free_gpu_mem_fraction),
         "num_attributes": str(meta.num_attributes),
@@ -174,6 +217,8 @@ def render_repository(
         if not (checkpoint / "config.json").is_file():
             raise RepositoryError(f"{checkpoint}: config.json missing (not a converted checkpoint)")
         engine = model_dir = checkpoint
+    if options.backend == "torch":
+        options = resolve_torch_options(checkpoint, options)
     out = source if output is None else Path(output).resolve()
     if out != source:
         _copy_models(source, out)
@@ -205,8 +250,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-queue-delay-us", type=int, default=RenderOptions.max_queue_delay_us)
     p.add_argument("--preprocessing-instances", type=int, default=RenderOptions.preprocessing_instances)
     p.add_argument("--max-request-bytes", type=int, default=RenderOptions.max_request_bytes)
-    p.add_argument("--torch-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--torch-threads", type=int, default=RenderOptions.torch_threads, help="0: all cores")
+    p.add_argument(
+        "--reward-model-max-rows",
+        type=int,
+        default=RenderOptions.reward_model_max_rows,
+        help="rows per reward_model request (NeMo-Aligner sends a whole rollout batch in one)",
+    )
+    p.add_argument(
+        "--torch-dtype",
+        default="auto",
+        choices=TORCH_DTYPES,
+        help="PyTorch engine compute dtype (auto: the checkpoint's, e.g. bfloat16; float32 on request)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        default="auto",
+        help="PyTorch engine threads: auto (measured now, on this machine), 0 (all cores) or N",
+    )
     p.add_argument(
         "--batch-invariant",
         action="store_true",
@@ -220,12 +280,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_queue_delay_us=a.max_queue_delay_us,
             preprocessing_instances=a.preprocessing_instances,
             max_request_bytes=a.max_request_bytes,
+            reward_model_max_rows=a.reward_model_max_rows,
             torch_dtype=a.torch_dtype,
-            torch_threads=a.torch_threads,
+            torch_threads=None if a.torch_threads == "auto" else int(a.torch_threads),
             torch_batch_invariant=a.batch_invariant,
         )
+        if options.backend == "torch":
+            options = resolve_torch_options(a.checkpoint, options, log=print)
+            print(f"PyTorch engine: dtype {options.torch_dtype}, {options.torch_threads} thread(s)")
         out = render_repository(a.checkpoint, a.output, a.repository, a.engine_dir, options)
-    except (RepositoryError, MetadataError, FileNotFoundError) as e:
+    except (RepositoryError, MetadataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"rendered {out} (backend {a.backend}): {', '.join(MODELS)}")

@@ -129,7 +129,7 @@ class Preprocessor:
         return Prepared(ids)
 
     # ---- Triton request tensors ----
-    def _bytes_input(self, name: str, array: np.ndarray) -> bytes:
+    def bytes_input(self, name: str, array: np.ndarray) -> bytes:
         if array.dtype != np.object_ and array.dtype.kind not in "SU":
             raise RequestError(f"input '{name}' must be BYTES, got {array.dtype}")
         if array.size != 1:
@@ -150,7 +150,7 @@ class Preprocessor:
         return bytes(value)
 
     @staticmethod
-    def _decode(name: str, raw: bytes) -> str:
+    def decode_text(name: str, raw: bytes) -> str:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -181,14 +181,14 @@ class Preprocessor:
         add_eos = self._flag("add_EOS", inputs.get("add_EOS"))
         if add_eos and name != "sentences":
             raise RequestError("add_EOS applies to 'sentences' input only (the reward_model model)")
-        raw = self._bytes_input(name, array)
+        raw = self.bytes_input(name, array)
         if name == "conversation":
             try:
                 conv = loads(raw)
             except ConversationError as e:
                 raise RequestError(str(e)) from e
             return self.conversation(conv, truncate=truncate)
-        text = self._decode(name, raw)
+        text = self.decode_text(name, raw)
         if name == "sentences":
             return self.sentences(text, add_eos)
         if truncate:

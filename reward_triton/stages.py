@@ -66,16 +66,20 @@ class PostprocessStage:
     def __init__(self, model_dir: str | os.PathLike[str]):
         self.meta = RewardMetadata.load(model_dir)
 
-    def _one(self, inputs: Inputs) -> Outputs:
-        logits = inputs.get("generation_logits")
-        if logits is None:
-            raise RequestError("input 'generation_logits' is missing")
-        # [1, beams, out_len, V]: the first beam's first generated position is the reward position.
+    def scores_of(self, logits: np.ndarray) -> np.ndarray:
+        """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
+        the reward position. A head that does not fit the engine's logits is a server fault (HeadError)."""
         arr = np.asarray(logits, dtype=np.float32)
         if arr.ndim == 0 or arr.size == 0:
             raise RequestError(f"input 'generation_logits' has shape {list(arr.shape)}: no logits")
         last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
-        s = heads.scores(last, self.meta)  # a head that does not fit the engine's logits is our fault: HeadError
+        return heads.scores(last, self.meta)
+
+    def _one(self, inputs: Inputs) -> Outputs:
+        logits = inputs.get("generation_logits")
+        if logits is None:
+            raise RequestError("input 'generation_logits' is missing")
+        s = self.scores_of(logits)
         return {"scores": s, "reward": heads.reward(s, self.meta)[:, None]}
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:

@@ -5,11 +5,13 @@ Kept apart from the stages so everything but this file is testable without a Tri
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
 
 from reward_triton.errors import Failure, guarded, log
+from reward_triton.reward_model import ENGINE_MODEL, ENGINE_OUTPUT, RewardModelStage, Rows
 from reward_triton.stages import Inputs, Stage
 
 
@@ -26,7 +28,7 @@ def require(params: dict[str, str], key: str) -> str:
     return value
 
 
-def _inputs(pb: Any, stage: Stage, request: Any) -> Inputs:
+def _inputs(pb: Any, stage: Stage | RewardModelStage, request: Any) -> Inputs:
     inputs = {}
     for name in stage.input_names:
         tensor = pb.get_input_tensor_by_name(request, name)
@@ -52,6 +54,58 @@ def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
     responses = []
     for inputs in read:
         result = inputs if isinstance(inputs, Failure) else next(results)
+        if isinstance(result, Failure):
+            responses.append(error_response(pb, result))
+        else:
+            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()]))
+    return responses
+
+
+# ---- fan-out (BLS): one request of B rows → B concurrent engine requests ------------------------------------------
+def _engine_failure(pb: Any, response: Any, row: int) -> Failure | None:
+    """The engine's answer for one row as a Failure, None when it succeeded."""
+    if isinstance(response, BaseException):
+        return Failure(f"row {row}: the engine request failed: {type(response).__name__}: {response}", False)
+    if not response.has_error():
+        return None
+    error = response.error()
+    code = error.code() if hasattr(error, "code") else None
+    invalid = code is not None and code == pb.TritonError.INVALID_ARG
+    return Failure(f"row {row}: {error.message()}", invalid)
+
+
+async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[Any]) -> list[Any]:
+    """`reward_model`: validate each request's rows (`stage.rows`), send every row of every request to the engine
+    at once (`async_exec`), and build each request's outputs from its rows' logits (`stage.finish`). A request with
+    a bad row is rejected whole; an engine failure fails only the request whose row it was (INTERNAL)."""
+    prepared = [guarded(lambda r=r: stage.rows(_inputs(pb, stage, r))) for r in requests]
+    calls = []
+    for rows in prepared:
+        if isinstance(rows, Failure):
+            continue
+        for i in range(len(rows.sequences)):
+            tensors = [pb.Tensor(name, array) for name, array in rows.engine_inputs(i).items()]
+            request = pb.InferenceRequest(
+                model_name=ENGINE_MODEL, inputs=tensors, requested_output_names=[ENGINE_OUTPUT]
+            )
+            calls.append(request.async_exec())
+    answers = iter(await asyncio.gather(*calls, return_exceptions=True))
+    responses = []
+    for rows in prepared:
+        if isinstance(rows, Failure):
+            responses.append(error_response(pb, rows))
+            continue
+        mine = [next(answers) for _ in rows.sequences]
+        failures = [f for i, a in enumerate(mine) if (f := _engine_failure(pb, a, i)) is not None]
+        if failures:
+            responses.append(error_response(pb, failures[0]))
+            continue
+
+        def finish(rows: Rows = rows, mine: list[Any] = mine) -> dict[str, Any]:
+            logits = [pb.get_output_tensor_by_name(a, ENGINE_OUTPUT).as_numpy() for a in mine]
+            return stage.finish(rows, logits)
+
+        result = guarded(finish)
         if isinstance(result, Failure):
             responses.append(error_response(pb, result))
         else:

@@ -65,6 +65,27 @@ def _check_ensemble(configs: dict[str, model_config_pb2.ModelConfig], name: str)
         assert tensors[out.name] == out.data_type, (name, out.name)
 
 
+def _check_bls(rm: model_config_pb2.ModelConfig, trt: model_config_pb2.ModelConfig, model_dir: Path) -> None:
+    """reward_model: a python BLS model whose per-row engine requests fit the `tensorrt_llm` config as rendered."""
+    from reward_triton.reward_model import ENGINE_INPUTS, ENGINE_MODEL, ENGINE_OUTPUT
+
+    assert rm.backend == "python" and rm.max_batch_size == 1024 and trt.name == ENGINE_MODEL
+    assert rm.parameters["model_dir"].string_value == str(model_dir.resolve())
+    assert rm.parameters["max_rows"].string_value == "1024"
+    types = {t.name: (t.data_type, list(t.dims), t.optional) for t in rm.input}
+    assert types == {
+        "sentences": (model_config_pb2.TYPE_STRING, [1], True),
+        "tokens": (model_config_pb2.TYPE_INT64, [-1], True),
+        "sequence_lengths": (model_config_pb2.TYPE_INT64, [1], True),
+        "add_EOS": (model_config_pb2.TYPE_BOOL, [1], True),
+    }
+    engine_inputs = {t.name: t for t in trt.input}
+    assert set(ENGINE_INPUTS) <= set(engine_inputs)  # every tensor the fan-out sends is declared ...
+    required = {n for n, t in engine_inputs.items() if not t.optional}
+    assert required <= set(ENGINE_INPUTS)  # ... and every required one is sent
+    assert ENGINE_OUTPUT in {o.name for o in trt.output}
+
+
 @pytest.mark.parametrize("backend", ["torch", "tensorrtllm"])
 def test_every_config_parses_and_ensembles_wire_up(checkpoint: Path, tmp_path: Path, backend: str) -> None:
     engine = tmp_path / "engine"
@@ -90,7 +111,7 @@ def test_every_config_parses_and_ensembles_wire_up(checkpoint: Path, tmp_path: P
     assert RewardMetadata.load(model_dir).attribute_names == ('help"ful', "correct")
     assert (model_dir / TOKENIZER_FILE).is_file() and (model_dir / METADATA_FILE).is_file()
     _check_ensemble(configs, "ensemble")
-    _check_ensemble(configs, "reward_model")
+    _check_bls(configs["reward_model"], trt, model_dir)
     ens = configs["ensemble"]
     assert json.loads(ens.parameters["attribute_names"].string_value) == ['help"ful', "correct"]
     assert json.loads(ens.parameters["scalar_weights"].string_value) == [0.25, -0.5]
