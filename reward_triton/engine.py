@@ -143,6 +143,8 @@ FUSED_ATTENTION = {
     False: [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
 }
 
+CPU_CHUNK_TOKENS = 2048
+
 _FLOAT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -202,6 +204,9 @@ class TorchEngine:
             cfg.rotary_base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=self.device) / rd)
         )
         self._cos = self._sin = torch.empty(0, rd // 2, device=self.device)
+        # CPU: token-wise work (norms, GEMMs, activations) runs in chunks of this many tokens so that each chunk's
+        # intermediates stay in cache; GPU: all tokens at once (0). Measured in docs/engine.md.
+        self.chunk_tokens = CPU_CHUNK_TOKENS if self.device.type == "cpu" else 0
 
     @classmethod
     def from_checkpoint(
@@ -228,8 +233,11 @@ class TorchEngine:
         if self.cfg.norm == "rmsnorm":
             if x.dtype == torch.float32:
                 return F.rms_norm(x, (x.shape[-1],), w, self.cfg.norm_eps)
-            xf = x.float()
-            return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.cfg.norm_eps)).to(x.dtype) * w
+            # bf16/fp16: x * rsqrt(mean(x²) + eps) in fp32, rounded once, then × w (as HF's LlamaRMSNorm), in
+            # three passes over x instead of F.rms_norm's upcast copy + five.
+            ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+            scale = ss.square_().div_(x.shape[-1]).add_(self.cfg.norm_eps).rsqrt_()
+            return torch.mul(x, scale, out=torch.empty_like(x)).mul_(w)
         return F.layer_norm(x, (x.shape[-1],), w, self.w.get(prefix + ".bias"), self.cfg.norm_eps)
 
     def _rotary_tables(self, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,42 +256,49 @@ class TorchEngine:
         """NeoX rotary on the first rotary_dim channels of every head of qk [N, heads, hd], in place."""
         half = self.cfg.rotary_dim // 2
         x1, x2 = qk[..., :half], qk[..., half : 2 * half]
-        if qk.dtype == torch.float32:
-            r1 = x1 * cos
-            r1.addcmul_(x2, sin, value=-1.0)
-            x2.mul_(cos).addcmul_(x1, sin)
-            x1.copy_(r1)
-        else:  # rotate in float32, round once
-            f1, f2 = x1.float(), x2.float()
-            r1 = f1 * cos
-            r1.addcmul_(f2, sin, value=-1.0)
-            f2.mul_(cos).addcmul_(f1, sin)
-            x1.copy_(r1)
-            x2.copy_(f2)
+        # cos/sin are float32: the rotation is computed in float32 and rounded once to qk's dtype
+        r2 = x2 * cos
+        r2.addcmul_(x1, sin)  # x2' = x2 cos + x1 sin (x1 still the input)
+        torch.addcmul(x1 * cos, x2, sin, value=-1.0, out=x1)  # x1' = x1 cos - x2 sin (x2 still the input)
+        x2.copy_(r2)
 
-    def _mlp(self, x: torch.Tensor, p: str) -> torch.Tensor:
+    def _mlp_(self, x: torch.Tensor, p: str, chunks: Sequence[tuple[int, int]]) -> None:
+        """x += MLP(post_layernorm(x)), in place, one token chunk at a time (its intermediate stays in cache)."""
         act = self.cfg.activation
-        if self.cfg.gated:
-            h = F.linear(x, self.w[p + "fc_gate"])
-            f = h.shape[-1] // 2
-            h = F.silu(h[:, :f]).mul_(h[:, f:])
-        else:
-            h = F.linear(x, self.w[p + "fc"])
-            if act == "squared-relu":
-                h = torch.relu_(h).square_()
-            elif act == "gelu":
-                h = F.gelu(h, approximate="tanh")
+        for start, end in chunks:
+            xc = x[start:end]
+            h = self._norm(xc, p + "post_layernorm")
+            if self.cfg.gated:
+                h = F.linear(h, self.w[p + "fc_gate"])
+                f = h.shape[-1] // 2
+                h = F.silu(h[:, :f]).mul_(h[:, f:])
             else:
-                raise ValueError(f"activation '{act}' not supported")
-        return F.linear(h, self.w[p + "proj"])
+                h = F.linear(h, self.w[p + "fc"])
+                if act == "squared-relu":
+                    h = torch.relu_(h).square_()
+                elif act == "gelu":
+                    h = F.gelu(h, approximate="tanh")
+                else:
+                    raise ValueError(f"activation '{act}' not supported")
+            xc.addmm_(h, self.w[p + "proj"].t())
 
-    def _attention(
-        self, x: torch.Tensor, p: str, lengths: Sequence[int], cos: torch.Tensor, sin: torch.Tensor
-    ) -> torch.Tensor:
+    def _attention_(
+        self,
+        x: torch.Tensor,
+        p: str,
+        lengths: Sequence[int],
+        chunks: Sequence[tuple[int, int]],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> None:
+        """x += attention(input_layernorm(x)), in place."""
         c = self.cfg
         n, nh, nkv = x.shape[0], c.num_heads, c.num_kv_heads
-        qkv = F.linear(x, self.w[p + "qkv"]).view(n, nh + 2 * nkv, c.head_dim)
-        self._rope_(qkv[:, : nh + nkv], cos, sin)
+        w_qkv = self.w[p + "qkv"]
+        qkv = torch.empty(n, nh + 2 * nkv, c.head_dim, dtype=x.dtype, device=x.device)
+        for start, end in chunks:
+            torch.mm(self._norm(x[start:end], p + "input_layernorm"), w_qkv.t(), out=qkv[start:end].flatten(1))
+            self._rope_(qkv[start:end, : nh + nkv], cos[start:end], sin[start:end])
         q = qkv[:, :nh]
         gqa = nkv != nh and self.device.type == "cpu"  # the CPU flash kernel takes GQA as is
         if nkv == nh or gqa:
@@ -300,7 +315,10 @@ class TorchEngine:
                 end = start + length
                 out[start:end] = self._sdpa(q[start:end], k[start:end], v[start:end], gqa)
                 start = end
-        return F.linear(out.view(n, nh * c.head_dim), self.w[p + "dense"])
+        out = out.view(n, nh * c.head_dim)
+        w_dense = self.w[p + "dense"].t()
+        for start, end in chunks:
+            x[start:end].addmm_(out[start:end], w_dense)
 
     @staticmethod
     def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool) -> torch.Tensor:
@@ -332,10 +350,13 @@ class TorchEngine:
         last = (torch.tensor(list(itertools.accumulate(lengths))) - 1).to(self.device, non_blocking=True)
 
         x = self.w["embedding"][ids]
+        n = x.shape[0]
+        step = self.chunk_tokens or n
+        chunks = [(s, min(s + step, n)) for s in range(0, n, step)]
         with sdpa_kernel(FUSED_ATTENTION[self.device.type == "cpu"]):  # a fused kernel or an error, never math
             for i in range(self.cfg.num_layers):
                 p = f"layers.{i}."
-                x.add_(self._attention(self._norm(x, p + "input_layernorm"), p, lengths, cos, sin))
-                x.add_(self._mlp(self._norm(x, p + "post_layernorm"), p))
+                self._attention_(x, p, lengths, chunks, cos, sin)
+                self._mlp_(x, p, chunks)
         h = self._norm(x[last].float(), "ln_f")
         return F.linear(h, self.w["lm_head"])

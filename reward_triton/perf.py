@@ -5,8 +5,9 @@
 
 `run` starts a tritonserver on free local ports for the rendered repository (or uses `--url`), writes input data
 for both models from the same conversations (the engine gets the token ids the preprocessing stage would make),
-runs perf_analyzer over gRPC at each concurrency and prints throughput, p50/p99 latency and the overhead ratio
-(ensemble latency / engine latency: the cost of preprocessing + postprocessing + ensemble scheduling).
+runs perf_analyzer over gRPC at each concurrency and prints throughput (inferences/s and tokens/s), p50/p99
+latency and the overhead ratio (ensemble latency / engine latency: the cost of preprocessing + postprocessing +
+ensemble scheduling). `--baseline build/perf-before/perf.json` adds tokens/s before/after per level.
 
 perf_analyzer comes from the tritonclient 2.41.0 manylinux1 wheel (later PyPI builds need glibc 2.38); it needs
 Debian's libb64-0d and libcudart.so.12 (PyPI nvidia-cuda-runtime-cu12, installed into a side directory so the
@@ -192,12 +193,13 @@ def run_perf_analyzer(
     return Row(model, concurrency, nan, nan, nan)
 
 
-def report(rows: Sequence[Row]) -> str:
+def report(rows: Sequence[Row], tokens_per_request: float | None = None) -> str:
     by = {(r.model, r.concurrency): r for r in rows}
     levels = sorted({r.concurrency for r in rows})
+    tok = tokens_per_request or 0.0
     lines = [
-        f"{'concurrency':>11} | {'engine inf/s':>12} {'p50 ms':>8} {'p99 ms':>8} | "
-        f"{'ensemble inf/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'overhead p50':>12} {'throughput':>10}"
+        f"{'concurrency':>11} | {'engine inf/s':>12} {'tok/s':>8} {'p50 ms':>8} {'p99 ms':>8} | "
+        f"{'ensemble inf/s':>14} {'tok/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'overhead p50':>12} {'throughput':>10}"
     ]
     lines.append("-" * len(lines[0]))
     for c in levels:
@@ -205,15 +207,38 @@ def report(rows: Sequence[Row]) -> str:
         if e is None or s is None:
             continue
         lines.append(
-            f"{c:>11} | {e.throughput:>12.1f} {e.p50_ms:>8.2f} {e.p99_ms:>8.2f} | "
-            f"{s.throughput:>14.1f} {s.p50_ms:>8.2f} {s.p99_ms:>8.2f} | "
+            f"{c:>11} | {e.throughput:>12.1f} {e.throughput * tok:>8.0f} {e.p50_ms:>8.2f} {e.p99_ms:>8.2f} | "
+            f"{s.throughput:>14.1f} {s.throughput * tok:>8.0f} {s.p50_ms:>8.2f} {s.p99_ms:>8.2f} | "
             f"{s.p50_ms / e.p50_ms:>11.2f}x {e.throughput / s.throughput:>9.2f}x"
         )
     lines.append(
         "overhead p50 = ensemble p50 / engine p50; throughput = engine inf/s / ensemble inf/s "
         "(pre/postprocessing + ensemble scheduling)"
     )
+    if tokens_per_request:
+        lines.append(f"tok/s = inf/s x {tokens_per_request:.1f} tokens per request (mean of the input data)")
     return "\n".join(lines)
+
+
+def compare(rows: Sequence[Row], baseline: Sequence[Row], tokens: float, base_tokens: float) -> str:
+    """Tokens/s of this run against a baseline run's perf.json (e.g. before an engine change), per model and level."""
+    base = {(r.model, r.concurrency): r for r in baseline}
+    lines = [f"{'model':>12} {'concurrency':>11} | {'before tok/s':>12} {'after tok/s':>12} {'after/before':>12}"]
+    for r in rows:
+        b = base.get((r.model, r.concurrency))
+        if b is None:
+            continue
+        before, after = b.throughput * base_tokens, r.throughput * tokens
+        lines.append(f"{r.model:>12} {r.concurrency:>11} | {before:>12.0f} {after:>12.0f} {after / before:>11.2f}x")
+    return "\n".join(lines)
+
+
+def load_rows(path: Path) -> tuple[list[Row], float]:
+    """(rows, tokens per request) from a perf.json written by `run`."""
+    data = json.loads(path.read_text())
+    rows = data["rows"] if isinstance(data, dict) else data
+    tokens = float(data.get("tokens_per_request", 0.0)) if isinstance(data, dict) else 0.0
+    return [Row(**r) for r in rows], tokens
 
 
 def _model_dir(repository: Path) -> Path:
@@ -236,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         install(binary, Path(args.libs))
     pre = Preprocessor.from_dir(_model_dir(repository))
     out = Path(args.output)
-    ensemble_data, engine_data = write_inputs(conversations(pre, args.requests), out)
+    pairs = conversations(pre, args.requests)
+    ensemble_data, engine_data = write_inputs(pairs, out)
     levels = [int(c) for c in args.concurrency.replace(":", ",").split(",") if c]
     if ":" in args.concurrency:  # start:end → powers of two between
         lo, hi = levels[0], levels[-1]
@@ -261,9 +287,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         with ServerProcess(repository=repository, log_path=out / "tritonserver.log") as server:
             rows = measure(server.grpc_url)
+    tokens = sum(len(ids) for _, ids in pairs) / len(pairs)
     print()
-    print(report(rows))
-    (out / "perf.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+    print(report(rows, tokens))
+    if args.baseline:
+        base_rows, base_tokens = load_rows(Path(args.baseline))
+        print()
+        print(f"against {args.baseline}:")
+        print(compare(rows, base_rows, tokens, base_tokens or tokens))
+    doc = {"tokens_per_request": tokens, "repository": str(repository), "rows": [r.__dict__ for r in rows]}
+    (out / "perf.json").write_text(json.dumps(doc, indent=2))
     return 0
 
 
@@ -281,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--requests", type=int, default=64, help="distinct conversations in the input data")
     r.add_argument("--window-requests", type=int, default=0, help="responses per window (default max(40, 8c))")
     r.add_argument("--output", default="build/perf")
+    r.add_argument("--baseline", help="perf.json of an earlier run: print tokens/s before/after per level")
     r.add_argument(
         "--stability",
         type=int,
