@@ -44,6 +44,7 @@ class RenderOptions:
     preprocessing_instances: int = 1
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     reward_model_max_rows: int = 1024  # rows per `reward_model` request (NeMo-Aligner sends a whole rollout batch)
+    reward_model_instances: int = 2  # requests fanned out side by side (e.g. several data-parallel trainer ranks)
     # Compute dtype of the PyTorch engine. "auto": the checkpoint's own dtype (config.json `dtype`): a bf16
     # checkpoint computes bf16 GEMMs/attention with fp32 norm statistics and an fp32 head, as TensorRT-LLM does.
     torch_dtype: str = "auto"
@@ -60,8 +61,11 @@ class RenderOptions:
             raise RepositoryError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.max_batch_size < 1:
             raise RepositoryError(f"max_batch_size must be positive, got {self.max_batch_size}")
-        if self.reward_model_max_rows < 1:
-            raise RepositoryError(f"reward_model_max_rows must be positive, got {self.reward_model_max_rows}")
+        if self.reward_model_max_rows < 1 or self.reward_model_instances < 1:
+            raise RepositoryError(
+                "reward_model_max_rows and reward_model_instances must be positive, got "
+                f"{self.reward_model_max_rows} and {self.reward_model_instances}"
+            )
         if self.torch_dtype not in TORCH_DTYPES:
             raise RepositoryError(f"torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
 
@@ -134,6 +138,7 @@ def variables(meta: RewardMetadata, model_dir: Path, engine_dir: Path, options: 
         "preprocessing_instances": str(options.preprocessing_instances),
         "max_request_bytes": str(options.max_request_bytes),
         "reward_model_max_rows": str(options.reward_model_max_rows),
+        "reward_model_instances": str(options.reward_model_instances),
         "model_dir": pbtxt_string(str(model_dir)),
         "engine_dir": pbtxt_string(str(engine_dir)),
         "torch_dtype": options.torch_dtype,
@@ -257,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rows per reward_model request (NeMo-Aligner sends a whole rollout batch in one)",
     )
     p.add_argument(
+        "--reward-model-instances",
+        type=int,
+        default=RenderOptions.reward_model_instances,
+        help="reward_model instances: concurrent requests fanned out side by side",
+    )
+    p.add_argument(
         "--torch-dtype",
         default="auto",
         choices=TORCH_DTYPES,
@@ -281,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             preprocessing_instances=a.preprocessing_instances,
             max_request_bytes=a.max_request_bytes,
             reward_model_max_rows=a.reward_model_max_rows,
+            reward_model_instances=a.reward_model_instances,
             torch_dtype=a.torch_dtype,
             torch_threads=None if a.torch_threads == "auto" else int(a.torch_threads),
             torch_batch_invariant=a.batch_invariant,

@@ -1,4 +1,4 @@
-"""`make perf`: perf_analyzer against the `ensemble` and against `tensorrt_llm` alone, and the pipeline overhead.
+"""`make perf`: perf_analyzer against the `ensemble`, `tensorrt_llm` alone and `reward_model`'s fan-out.
 
     python -m reward_triton.perf install              # perf_analyzer into the virtualenv (idempotent)
     python -m reward_triton.perf run [--repository model_repository] [--concurrency 1,2,4,8,16]
@@ -8,6 +8,9 @@ for both models from the same conversations (the engine gets the token ids the p
 runs perf_analyzer over gRPC at each concurrency and prints throughput (inferences/s and tokens/s), p50/p99
 latency and the overhead ratio (ensemble latency / engine latency: the cost of preprocessing + postprocessing +
 ensemble scheduling). `--baseline build/perf-before/perf.json` adds tokens/s before/after per level.
+`reward_model` is measured with `--rows` (64) right-padded token rows per request at `--rm-concurrency` (1,2)
+requests in flight, against the ensemble and the engine with rows × concurrency single requests in flight: the
+same rows at the same total concurrency, so the ratio is what the BLS fan-out costs.
 
 perf_analyzer comes from the tritonclient 2.41.0 manylinux1 wheel (later PyPI builds need glibc 2.38); it needs
 Debian's libb64-0d and libcudart.so.12 (PyPI nvidia-cuda-runtime-cu12, installed into a side directory so the
@@ -112,7 +115,7 @@ def _bytes(text: str) -> np.ndarray:
     return np.array([[text.encode()]], dtype=object)
 
 
-def write_inputs(pairs: Sequence[tuple[str, list[int]]], directory: Path) -> tuple[Path, Path]:
+def write_inputs(pairs: Sequence[tuple[str, list[int]]], directory: Path) -> tuple[Path, Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     ensemble = {"data": [{"conversation": [text]} for text, _ in pairs]}
     engine = {
@@ -126,8 +129,15 @@ def write_inputs(pairs: Sequence[tuple[str, list[int]]], directory: Path) -> tup
             for _, ids in pairs
         ]
     }
-    paths = directory / "ensemble.json", directory / "tensorrt_llm.json"
-    for path, data in zip(paths, (ensemble, engine), strict=True):
+    width = max(len(ids) for _, ids in pairs)  # reward_model rows: right-padded token rows, as NeMo-Aligner sends
+    reward_model = {
+        "data": [
+            {"tokens": {"content": ids + [0] * (width - len(ids)), "shape": [width]}, "sequence_lengths": [len(ids)]}
+            for _, ids in pairs
+        ]
+    }
+    paths = directory / "ensemble.json", directory / "tensorrt_llm.json", directory / "reward_model.json"
+    for path, data in zip(paths, (ensemble, engine, reward_model), strict=True):
         path.write_text(json.dumps(data))
     return paths
 
@@ -137,18 +147,27 @@ def write_inputs(pairs: Sequence[tuple[str, list[int]]], directory: Path) -> tup
 class Row:
     model: str
     concurrency: int
-    throughput: float  # inferences / s (nan: no stable measurement)
+    throughput: float  # inferences / s = rows / s for batched requests (nan: no stable measurement)
     p50_ms: float
     p99_ms: float
+    batch: int = 1  # rows per request
 
 
 def perf_analyzer_command(
-    binary: Path, model: str, url: str, data: Path, concurrency: int, requests: int, stability: int, csv_path: Path
+    binary: Path,
+    model: str,
+    url: str,
+    data: Path,
+    concurrency: int,
+    requests: int,
+    stability: int,
+    csv_path: Path,
+    batch: int = 1,
 ) -> list[str]:
     """Count windows (each window waits for `requests` responses: no empty windows on a slow, shared machine)."""
     return [
         str(binary),
-        *("-m", model, "-u", url, "-i", "grpc", "--input-data", str(data)),
+        *("-m", model, "-u", url, "-i", "grpc", "--input-data", str(data), "-b", str(batch)),
         *("--concurrency-range", f"{concurrency}:{concurrency}"),
         *("--measurement-mode", "count_windows", "--measurement-request-count", str(requests)),
         *("--stability-percentage", str(stability), "--max-trials", "10"),
@@ -166,13 +185,14 @@ def run_perf_analyzer(
     env: dict[str, str],
     requests: int = 0,
     stability: int = 50,
+    batch: int = 1,
 ) -> Row:
     """One concurrency level; a level that never stabilises (twice) is reported as nan rather than failing all."""
-    csv_path = out / f"{model}-c{concurrency}.csv"
-    requests = requests or max(40, 8 * concurrency)
+    csv_path = out / f"{model}-b{batch}-c{concurrency}.csv"
+    requests = requests or max(40 if batch == 1 else 8, 8 * concurrency)
     for attempt in range(2):
         cmd = perf_analyzer_command(
-            binary, model, url, data, concurrency, requests * (attempt + 1), stability, csv_path
+            binary, model, url, data, concurrency, requests * (attempt + 1), stability, csv_path, batch
         )
         result = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if result.returncode == 0:
@@ -184,16 +204,36 @@ def run_perf_analyzer(
                 throughput=float(row["Inferences/Second"]),
                 p50_ms=float(row["p50 latency"]) / 1000.0,
                 p99_ms=float(row["p99 latency"]) / 1000.0,
+                batch=batch,
             )
         if "stable measurement" not in result.stdout + result.stderr:
             raise RuntimeError(
                 f"perf_analyzer failed ({result.returncode}): {' '.join(cmd)}\n{result.stdout}\n{result.stderr}"
             )
     nan = float("nan")
-    return Row(model, concurrency, nan, nan, nan)
+    return Row(model, concurrency, nan, nan, nan, batch)
+
+
+def fanout_report(rows: Sequence[Row]) -> str:
+    """reward_model (B rows per request, c requests) against the ensemble and the engine with B·c requests in
+    flight: the same rows, the same total concurrency; the ratio is what the BLS fan-out costs."""
+    lines = []
+    for rm in (r for r in rows if r.model == "reward_model"):
+        total = rm.batch * rm.concurrency
+        ens = next((r for r in rows if r.model == "ensemble" and r.batch == 1 and r.concurrency == total), None)
+        eng = next((r for r in rows if r.model == "tensorrt_llm" and r.batch == 1 and r.concurrency == total), None)
+        if ens is None or eng is None:
+            continue
+        lines.append(
+            f"reward_model B={rm.batch} x c={rm.concurrency}: {rm.throughput:.1f} rows/s (p50 {rm.p50_ms:.0f} ms per "
+            f"request) | ensemble c={total}: {ens.throughput:.1f} inf/s | tensorrt_llm c={total}: "
+            f"{eng.throughput:.1f} inf/s | reward_model / ensemble = {rm.throughput / ens.throughput:.2f}x"
+        )
+    return "\n".join(lines)
 
 
 def report(rows: Sequence[Row], tokens_per_request: float | None = None) -> str:
+    rows = [r for r in rows if r.batch == 1 and r.model != "reward_model"]
     by = {(r.model, r.concurrency): r for r in rows}
     levels = sorted({r.concurrency for r in rows})
     tok = tokens_per_request or 0.0
@@ -238,7 +278,7 @@ def load_rows(path: Path) -> tuple[list[Row], float]:
     data = json.loads(path.read_text())
     rows = data["rows"] if isinstance(data, dict) else data
     tokens = float(data.get("tokens_per_request", 0.0)) if isinstance(data, dict) else 0.0
-    return [Row(**r) for r in rows], tokens
+    return [Row(**r) for r in rows if r.get("batch", 1) == 1], tokens
 
 
 def _model_dir(repository: Path) -> Path:
@@ -262,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     pre = Preprocessor.from_dir(_model_dir(repository))
     out = Path(args.output)
     pairs = conversations(pre, args.requests)
-    ensemble_data, engine_data = write_inputs(pairs, out)
+    ensemble_data, engine_data, reward_model_data = write_inputs(pairs, out)
     levels = [int(c) for c in args.concurrency.replace(":", ",").split(",") if c]
     if ":" in args.concurrency:  # start:end → powers of two between
         lo, hi = levels[0], levels[-1]
@@ -280,6 +320,20 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 rows.append(row)
+        for rm_c in [int(c) for c in args.rm_concurrency.split(",") if c] if args.rows > 0 else []:
+            # reward_model fan-out: B token rows per request vs the same rows as single requests
+            total = args.rows * rm_c
+            plan = [
+                ("reward_model", reward_model_data, rm_c, args.rows),
+                ("ensemble", ensemble_data, total, 1),
+                ("tensorrt_llm", engine_data, total, 1),
+            ]
+            for model, data, c, batch in plan:
+                if batch == 1 and c in levels:
+                    continue  # measured above
+                row = run_perf_analyzer(binary, model, url, data, c, out, env, 0, args.stability, batch)
+                print(f"{model:>12} b={batch:<3} c={c:<3} {row.throughput:8.1f} rows/s  p50 {row.p50_ms:8.2f} ms")
+                rows.append(row)
         return rows
 
     if args.url:
@@ -290,6 +344,8 @@ def run(args: argparse.Namespace) -> int:
     tokens = sum(len(ids) for _, ids in pairs) / len(pairs)
     print()
     print(report(rows, tokens))
+    if args.rows > 0:
+        print(fanout_report(rows))
     if args.baseline:
         base_rows, base_tokens = load_rows(Path(args.baseline))
         print()
@@ -313,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--concurrency", default="1:16", help="start:end (powers of two between) or a list 1,2,4")
     r.add_argument("--requests", type=int, default=64, help="distinct conversations in the input data")
     r.add_argument("--window-requests", type=int, default=0, help="responses per window (default max(40, 8c))")
+    r.add_argument("--rows", type=int, default=64, help="reward_model: token rows per request (0: skip it)")
+    r.add_argument("--rm-concurrency", default="1,2", help="reward_model: requests in flight (a list)")
     r.add_argument("--output", default="build/perf")
     r.add_argument("--baseline", help="perf.json of an earlier run: print tokens/s before/after per level")
     r.add_argument(

@@ -72,6 +72,7 @@ def _check_bls(rm: model_config_pb2.ModelConfig, trt: model_config_pb2.ModelConf
     assert rm.backend == "python" and rm.max_batch_size == 1024 and trt.name == ENGINE_MODEL
     assert rm.parameters["model_dir"].string_value == str(model_dir.resolve())
     assert rm.parameters["max_rows"].string_value == "1024"
+    assert rm.instance_group[0].count == 2 and not rm.HasField("dynamic_batching")
     types = {t.name: (t.data_type, list(t.dims), t.optional) for t in rm.input}
     assert types == {
         "sentences": (model_config_pb2.TYPE_STRING, [1], True),
