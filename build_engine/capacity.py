@@ -35,7 +35,7 @@ DEFAULT_RESERVE_BYTES = 4 * GIB  # assumption: CUDA context + NCCL + TensorRT ac
 DEFAULT_KV_FRACTION = 0.9  # tensorrt_llm config.pbtxt kv_cache_free_gpu_mem_fraction
 
 
-# Published model_config.yaml values (see ../shared/reference/nemo-checkpoints.md).
+# Published model_config.yaml values of the released checkpoints (docs/production.md lists what they imply).
 NEMOTRON_4_340B_REWARD: dict[str, Any] = {
     "num_layers": 96,
     "hidden_size": 18432,

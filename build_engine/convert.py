@@ -1,6 +1,6 @@
 """NeMo reward checkpoint → TensorRT-LLM unified checkpoint (config.json + rank{N}.safetensors), any TP×PP.
 
-A conversion is a table of name mappings plus a few split rules (../shared/reference/trtllm.md):
+A conversion is a table of name mappings plus a few split rules (docs/design.md lists the canonical names):
 - column-parallel weights (qkv, fc, gate, vocab rows of lm_head) split on dim 0, row-parallel (dense, proj) on dim 1;
 - qkv is regrouped from NeMo's per-group [q.., k, v] rows into per-rank [q_r; k_r; v_r], replicating KV heads
   when there are fewer KV heads than TP ranks;
