@@ -270,9 +270,12 @@ class Supervisor:
     def args(self) -> list[str]:
         return self.cmd[1:]
 
-    def _start(self) -> None:
+    def _clean_up(self) -> None:
         prefix = shm_prefix(self.args)
         clean_up([prefix] if prefix else [])
+
+    def _start(self) -> None:
+        self._clean_up()
         self._stubs = {}
         self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
 
@@ -366,12 +369,12 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     log(f"{Path(self.cmd[0]).name} did not exit in time: killing it")
                 self._kill_group()
-                clean_up([p for p in [shm_prefix(self.args)] if p])
+                self._clean_up()
                 return 128 + self._stopping if self._stopping and self.proc.returncode < 0 else self.proc.returncode
             self._kill_group()
             if not self.restart:
                 log(f"{fault}: stopping ({RESTART_ENV}=0)")
-                clean_up([p for p in [shm_prefix(self.args)] if p])
+                self._clean_up()
                 return 1
             if time.monotonic() - began > HEALTHY_RESET_S:
                 delay = BACKOFF_S[0]
