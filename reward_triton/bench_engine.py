@@ -415,7 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --device cuda but torch sees no GPU", file=sys.stderr)
         return 2
     threads = a.threads or len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _run(a, dev, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(a: argparse.Namespace, dev: torch.device, threads: int) -> int:
     dtypes = [parse_dtype(d) for d in (a.dtype or ("float32,bfloat16" if dev.type == "cpu" else "bfloat16")).split(",")]
     lengths = parse_seq_lens(a.seq_lens or DEFAULT_SEQ_LENS.get(dev.type, DEFAULT_SEQ_LENS["cuda"]))
     peak = a.peak_tflops or (H100_BF16_DENSE_TFLOPS if dev.type == "cuda" else None)

@@ -207,6 +207,9 @@ class TorchEngine:
         # CPU: token-wise work (norms, GEMMs, activations) runs in chunks of this many tokens so that each chunk's
         # intermediates stay in cache; GPU: all tokens at once (0). Measured in docs/engine.md.
         self.chunk_tokens = CPU_CHUNK_TOKENS if self.device.type == "cpu" else 0
+        # GQA: the CPU flash kernel takes fewer KV heads as is (enable_gqa); on GPUs K/V are expanded to MHA shape
+        # once per layer, which every fused kernel (flash, cuDNN, memory-efficient) accepts.
+        self.expand_kv = self.device.type != "cpu"
 
     @classmethod
     def from_checkpoint(
@@ -300,7 +303,7 @@ class TorchEngine:
             torch.mm(self._norm(x[start:end], p + "input_layernorm"), w_qkv.t(), out=qkv[start:end].flatten(1))
             self._rope_(qkv[start:end, : nh + nkv], cos[start:end], sin[start:end])
         q = qkv[:, :nh]
-        gqa = nkv != nh and self.device.type == "cpu"  # the CPU flash kernel takes GQA as is
+        gqa = nkv != nh and not self.expand_kv
         if nkv == nh or gqa:
             k, v = qkv[:, nh : nh + nkv], qkv[:, nh + nkv :]
         else:  # expand the KV heads once per layer: every fused GPU kernel takes MHA-shaped K/V
