@@ -4,11 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench engine serve perf demo
+.PHONY: install test lint format bench bench-convert bench-engine engine serve perf demo
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo | install | test | lint | bench | engine [NEMO= TP= PP= DTYPE= BACKEND=torch|tensorrtllm] | serve | perf"
+	@echo "make demo | install | test | lint | bench [bench-convert|bench-engine] | engine [NEMO= TP= PP= DTYPE= BACKEND=torch|tensorrtllm] | serve | perf"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: install
+# `make bench`: conversion throughput (build_engine.bench) and engine speed against Hugging Face on the same weights,
+# threads and dtype (reward_triton.bench_engine; BENCH_ENGINE_ARGS e.g. `--device cuda --preset llama2-13b`).
+BENCH_ENGINE_ARGS ?= --device cpu --preset cpu-nemotron,cpu-llama --dtype float32,bfloat16 --json build/bench/engine.json
+bench: bench-convert bench-engine
+
+bench-convert: install
 	$(PY) -m build_engine.bench
+
+bench-engine: install
+	$(PY) -m reward_triton.bench_engine $(BENCH_ENGINE_ARGS)
 
 # ---- serving: `make engine` renders model_repository/, `make serve` runs tritonserver on it, `make perf` measures.
 # The embedded demo checkpoint (demo/README.md) is the default NEMO; `NEMO=build/fixture-nemotron` (or -llama)
@@ -53,9 +61,15 @@ TRTLLM_ENGINE := $(ENGINE_DIR)/trtllm
 REPOSITORY := model_repository
 SERVE_ARGS ?=
 PERF_CONCURRENCY ?= 1:16
+# e.g. PERF_ARGS='--baseline build/perf-before/perf.json --output build/perf-after': tokens/s before/after
+PERF_ARGS ?=
 
 build/fixture-%: | $(STAMP)
 	$(PY) -m build_engine.fixtures --arch $* --format zarr --seq-length 512 --out $@
+
+# hidden 512, 8 layers (the engine benchmark's shape): `make engine perf NEMO=build/fixture-large-nemotron`
+build/fixture-large-%: | $(STAMP)
+	$(PY) -m build_engine.bench_fixture --arch $* --seq-length 512 --out $@
 
 engine: install $(filter build/fixture-%,$(NEMO))
 ifeq ($(shell test "$(NP)" -gt 1 2>/dev/null && echo mpi),mpi)
@@ -106,4 +120,4 @@ $(VENV)/bin/perf_analyzer: | $(STAMP)
 	$(PY) -m reward_triton.perf install
 
 perf: install $(REPOSITORY)/ensemble/config.pbtxt $(VENV)/bin/perf_analyzer
-	$(PY) -m reward_triton.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY)
+	$(PY) -m reward_triton.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY) $(PERF_ARGS)
