@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from client.api import RequestError, Score
+from client.api import RequestRejected, Score
 from client.conversations import RecordError, apply_labels, format_label, parse_json, scoring_requests
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -142,7 +142,7 @@ def error_line(line_no: int, reason: str) -> bytes:
 
 
 async def annotate_line(line_no: int, raw: bytes, scorer: Scorer, options: AnnotateOptions) -> LineResult:
-    """One input line → its output line, or its error line. ServerError (and other failures) propagate."""
+    """One input line → its output line, or its error line. ServerFailure (and other failures) propagate."""
     if not raw.strip():
         return LineResult()
     try:
@@ -153,7 +153,7 @@ async def annotate_line(line_no: int, raw: bytes, scorer: Scorer, options: Annot
     results = await asyncio.gather(*(scorer(conv) for _, conv in requests), return_exceptions=True)
     labels: dict[int, str] = {}
     for (turn, _), result in zip(requests, results, strict=True):
-        if isinstance(result, RequestError):
+        if isinstance(result, RequestRejected):
             return LineResult(err=error_line(line_no, f"turn {turn}: {result}"))
         if isinstance(result, BaseException):
             raise result

@@ -5,10 +5,10 @@
         s = await client.score({"messages": [...]})   # or client.score(text="<extra_id_0>System...")
         s.scores["helpfulness"], s.reward, s.num_input_tokens, s.truncated
 
-Errors: `RequestError` when the server rejects a request (INVALID_ARG: bad conversation, too long, ...; never
-retried); `ServerError` for anything else. A server that is down or restarting (UNAVAILABLE, DEADLINE_EXCEEDED,
+Errors: `RequestRejected` when the server rejects a request (INVALID_ARG: bad conversation, too long, ...; never
+retried); `ServerFailure` for anything else. A server that is down or restarting (UNAVAILABLE, DEADLINE_EXCEEDED,
 or INTERNAL from a python backend stub that died, which the server's supervisor heals by restarting) is retried
-with exponential backoff and jitter for `RetryPolicy.max_wait` seconds before the ServerError.
+with exponential backoff and jitter for `RetryPolicy.max_wait` seconds before the ServerFailure.
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ class RewardClientError(Exception):
     """Base class of the client's errors."""
 
 
-class RequestError(RewardClientError):
+class RequestRejected(RewardClientError):
     """The server rejected this request (INVALID_ARG); the message is the server's reason."""
 
 
-class ServerError(RewardClientError):
+class ServerFailure(RewardClientError):
     """The server could not be reached or failed, after retries; `status` is the gRPC status name."""
 
     def __init__(self, message: str, status: str = "") -> None:
@@ -78,16 +78,16 @@ class ModelMetadata:
         def load(key: str) -> list[Any]:
             raw = params.get(key)
             if not raw:
-                raise ServerError(
+                raise ServerFailure(
                     f"model '{model}' config has no parameter '{key}' (found: {', '.join(sorted(params)) or 'none'}); "
                     "is the repository rendered (`make engine`)?"
                 )
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as e:
-                raise ServerError(f"model '{model}' config parameter '{key}' is not JSON: {raw!r}") from e
+                raise ServerFailure(f"model '{model}' config parameter '{key}' is not JSON: {raw!r}") from e
             if not isinstance(value, list):
-                raise ServerError(f"model '{model}' config parameter '{key}' must be a JSON array, got {raw!r}")
+                raise ServerFailure(f"model '{model}' config parameter '{key}' must be a JSON array, got {raw!r}")
             return value
 
         names = tuple(str(n) for n in load(PARAM_ATTRIBUTES))
@@ -95,7 +95,7 @@ class ModelMetadata:
         weights = tuple(float(w) for w in load(PARAM_WEIGHTS)) if params.get(PARAM_WEIGHTS) else ()
         unknown = [n for n in trained if n not in names]
         if unknown or (weights and len(weights) != len(names)):
-            raise ServerError(f"model '{model}' config parameters are inconsistent: {params}")
+            raise ServerFailure(f"model '{model}' config parameters are inconsistent: {params}")
         return cls(attribute_names=names, trained_attributes=trained, scalar_weights=weights, model=model)
 
 
@@ -207,7 +207,7 @@ class RewardClient:
         return self._client
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one RPC with retries on UNAVAILABLE / DEADLINE_EXCEEDED; map errors to RequestError/ServerError."""
+        """Run one RPC with retries on UNAVAILABLE / DEADLINE_EXCEEDED; map errors to RequestRejected/ServerFailure."""
         from tritonclient.utils import InferenceServerException
 
         attempt = 0
@@ -219,12 +219,12 @@ class RewardClient:
             except InferenceServerException as e:
                 status, message = _status(e), _message(e)
                 if status in REJECTED:
-                    raise RequestError(message) from None
+                    raise RequestRejected(message) from None
                 delay = self.retry.delay(attempt)
                 waited = time.monotonic() - first
                 if not retryable(status, message) or self.retry.gives_up(attempt, waited, delay):
                     tries = f" after {attempt} tries in {waited:.0f} s" if attempt > 1 else ""
-                    raise ServerError(
+                    raise ServerFailure(
                         f"{what} at {self.url} failed{tries}: {status or 'error'}: {message}", status
                     ) from None
             await self._backoff(delay)
@@ -300,12 +300,12 @@ class RewardClient:
         def output(name: str) -> np.ndarray:
             array = result.as_numpy(name)
             if array is None:
-                raise ServerError(f"model '{self.model}' returned no '{name}' output")
+                raise ServerFailure(f"model '{self.model}' returned no '{name}' output")
             return np.asarray(array).reshape(-1)
 
         values = output("scores")
         if values.size != len(meta.attribute_names):
-            raise ServerError(
+            raise ServerFailure(
                 f"model '{self.model}' returned {values.size} scores for {len(meta.attribute_names)} attribute names"
             )
         return Score(
@@ -325,7 +325,7 @@ class RewardClient:
     ) -> list[Score | Exception]:
         """Score many conversations (at most `concurrency` in flight); results in input order.
 
-        With return_exceptions a RequestError/ServerError takes the failed item's place; otherwise the first
+        With return_exceptions a RequestRejected/ServerFailure takes the failed item's place; otherwise the first
         error is raised.
         """
         items = list(conversations)

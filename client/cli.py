@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestError, RetryPolicy, RewardClient, RewardClientError, Score
+from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestRejected, RetryPolicy, RewardClient, RewardClientError, Score
 from client.conversations import RecordError, conversation_form, parse_json
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except (RewardClientError, RecordError, AnnotateError, OSError) as e:
-        kind = "rejected by the server" if isinstance(e, RequestError) else "error"
+        kind = "rejected by the server" if isinstance(e, RequestRejected) else "error"
         print(f"reward-client {args.command}: {kind}: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.api import RewardClientError, Score, ServerError, bounded_map
+from client.api import RewardClientError, Score, ServerFailure, bounded_map
 from client.conversations import RecordError, openai_prompt_and_response, parse_json
 from client.rewardbench import is_correct, report
 
@@ -87,7 +87,7 @@ async def score_pairs(
     rewards: list[float | None] = [None] * len(conversations)
     failures: dict[int, str] = {}
     async for i, result in bounded_map(score, conversations, limit=concurrency):
-        if isinstance(result, ServerError):
+        if isinstance(result, ServerFailure):
             raise result
         if isinstance(result, RewardClientError):
             failures.setdefault(i // 2, f"{'chosen' if i % 2 == 0 else 'rejected'}: {result}")

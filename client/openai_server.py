@@ -43,11 +43,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from client.api import (
     DEFAULT_MODEL,
     ModelMetadata,
-    RequestError,
+    RequestRejected,
     RetryPolicy,
     RewardClient,
     Score,
-    ServerError,
+    ServerFailure,
     retryable,
 )
 from client.conversations import RecordError, format_value
@@ -177,11 +177,11 @@ class Backend:
         try:
             meta = await client.metadata()
             return await client.score(conversation, truncate=truncate), meta
-        except RequestError as e:
+        except RequestRejected as e:
             message = str(e)
             code = "context_length_exceeded" if "maximum input length" in message else "invalid_conversation"
             raise ApiError(400, message, param="messages", code=code) from None
-        except ServerError as e:
+        except ServerFailure as e:
             # down, restarting (a dead stub the supervisor heals), timed out, or cut off by a channel renewal
             if retryable(e.status, str(e)) or e.status == "StatusCode.CANCELLED":
                 log.warning("ensemble unavailable: %s", e)

@@ -36,7 +36,7 @@ MMAP_THRESHOLD = 1 << 20
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class ServerError(RuntimeError):
+class ServerStartError(RuntimeError):
     pass
 
 
@@ -44,7 +44,7 @@ class ServerError(RuntimeError):
 def pytriton_dir() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("nvidia-pytriton is not installed: it provides the bundled tritonserver (make install)")
+        raise ServerStartError("nvidia-pytriton is not installed: it provides the bundled tritonserver (make install)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -67,7 +67,7 @@ def backend_dir(cache: Path | None = None) -> Path:
     }
     for src in sources.values():
         if not src.is_file():
-            raise ServerError(f"{src}: missing from the nvidia-pytriton install (python {version})")
+            raise ServerStartError(f"{src}: missing from the nvidia-pytriton install (python {version})")
     base = cache or Path(sys.prefix) / "share" / "reward-triton"
     target = base / f"backends-py{version}"
     if all(_links_to(target / "python" / name, src) for name, src in sources.items()):
@@ -107,7 +107,7 @@ def server_command(args: Sequence[str], env: dict[str, str] | None = None) -> tu
     if choice != "bundled" and (choice or REAL_TRITON.is_file()):
         binary = Path(choice or REAL_TRITON)
         if not binary.is_file():
-            raise ServerError(f"{OVERRIDE_ENV}={choice}: no such tritonserver binary")
+            raise ServerStartError(f"{OVERRIDE_ENV}={choice}: no such tritonserver binary")
         _prepend(env, "PYTHONPATH", [PROJECT_ROOT])
         return [str(binary), *args], env
     binary = bundled_binary()
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cmd, env = server_command(args)
-    except ServerError as e:
+    except ServerStartError as e:
         print(f"tritonserver: {e}", file=sys.stderr)
         sys.exit(1)
     if any(a in ("--help", "-h", "--version") for a in args):
@@ -202,7 +202,7 @@ class ServerProcess:
             try:
                 self.wait_ready(timeout)
                 return self
-            except ServerError:
+            except ServerStartError:
                 self.stop()
                 if attempt + 1 < attempts and "already in use" in self.log_tail(200).lower():
                     self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -225,11 +225,11 @@ class ServerProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise ServerError(f"tritonserver exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise ServerStartError(f"tritonserver exited with {self.proc.returncode}:\n{self.log_tail()}")
             if self.is_ready():
                 return
             time.sleep(0.5)
-        raise ServerError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
+        raise ServerStartError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:
         try:

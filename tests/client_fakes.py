@@ -37,7 +37,7 @@ class FakeScorer:
         self.rng = random.Random(seed)
 
     async def __call__(self, conversation: Mapping[str, Any]) -> Any:
-        from client.api import RequestError, Score
+        from client.api import RequestRejected, Score
 
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
@@ -45,7 +45,7 @@ class FakeScorer:
         await asyncio.sleep(self.rng.uniform(0, self.delay))
         text = json.dumps(conversation)
         if TOO_LONG in text:
-            raise RequestError("conversation is 9999 tokens, more than the engine's maximum input length of 512")
+            raise RequestRejected("conversation is 9999 tokens, more than the engine's maximum input length of 512")
         scores = fake_scores(conversation)
         return Score(scores=scores, reward=sum(scores.values()), num_input_tokens=len(text) // 4, truncated=False,
                      trained_attributes=TRAINED)  # fmt: skip

@@ -16,7 +16,7 @@ from client_fakes import TRAINED, FakeScorer, fake_scores, nemo_record, write_co
 from client import conversations as cv
 from client import rewardbench as rb
 from client.annotate import AnnotateError, AnnotateOptions, Checkpoint, annotate_file, paths
-from client.api import ModelMetadata, RequestError, RetryPolicy, RewardClient, ServerError, f32
+from client.api import ModelMetadata, RequestRejected, RetryPolicy, RewardClient, ServerFailure, f32
 from client.rank import order
 
 HERE = Path(__file__).parent
@@ -97,7 +97,7 @@ def test_metadata_from_config_parameters():
     meta = ModelMetadata.from_config(config)
     assert meta.attribute_names == ("a", "b", "c") and meta.trained_attributes == ("b", "c")
     assert meta.scalar_weights == (0.0, 0.5, -1.0)
-    with pytest.raises(ServerError, match="attribute_names"):
+    with pytest.raises(ServerFailure, match="attribute_names"):
         ModelMetadata.from_config({"parameters": {}})
 
 
@@ -168,10 +168,10 @@ def test_retries_unavailable_then_succeeds_and_never_retries_invalid_arg(monkeyp
     async def run():
         assert await client._call("infer", flaky) == "ok" and len(calls) == 3
         calls.clear()
-        with pytest.raises(RequestError, match="9000 tokens"):
+        with pytest.raises(RequestRejected, match="9000 tokens"):
             await client._call("infer", rejected)
         assert len(calls) == 1
-        with pytest.raises(ServerError, match="after 3 tries") as e:
+        with pytest.raises(ServerFailure, match="after 3 tries") as e:
             await client._call("infer", down)
         assert e.value.status == "StatusCode.DEADLINE_EXCEEDED"
 
@@ -207,14 +207,14 @@ def test_dead_stub_is_retried_for_max_wait_and_other_internal_errors_are_not(mon
         assert await client._call("infer", healing) == "ok" and len(calls) == 4
         assert seen[0] is None and client.retry_status() is None
         calls.clear()
-        with pytest.raises(ServerError, match="KeyError"):
+        with pytest.raises(ServerFailure, match="KeyError"):
             await client._call("infer", bug)
         assert len(calls) == 1  # a server fault is not retried
         calls.clear()
         task = asyncio.ensure_future(client._call("infer", down))
         await asyncio.sleep(0.1)
         assert (client.retry_status() or "").startswith("server unavailable, retrying")
-        with pytest.raises(ServerError, match="UNAVAILABLE"):
+        with pytest.raises(ServerFailure, match="UNAVAILABLE"):
             await task
         assert 0.3 < calls[-1] - calls[0] <= 0.5 and len(calls) > 5  # kept trying for max_wait, then gave up
 

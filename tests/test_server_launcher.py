@@ -44,7 +44,7 @@ def test_real_triton_install_is_preferred(tmp_path: Path, monkeypatch: pytest.Mo
     assert env["PYTHONPATH"] == str(server.PROJECT_ROOT)
     cmd, _ = server.server_command([], env={server.OVERRIDE_ENV: "bundled"})
     assert cmd[0] == str(server.bundled_binary())
-    with pytest.raises(server.ServerError, match="no such tritonserver"):
+    with pytest.raises(server.ServerStartError, match="no such tritonserver"):
         server.server_command([], env={server.OVERRIDE_ENV: str(tmp_path / "nope")})
 
 
