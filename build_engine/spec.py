@@ -65,7 +65,6 @@ class ModelSpec:
     activation: str  # "squared-relu" | "gelu" | "swiglu"
     normalization: str  # "layernorm" | "layernorm1p" | "rmsnorm"
     norm_eps: float
-    bias: bool
     rotary_pct: float
     rotary_base: float
     num_attributes: int
@@ -179,7 +178,6 @@ class ModelSpec:
             activation=activation,
             normalization=normalization,
             norm_eps=float(_get(cfg, "layernorm_epsilon", 1e-5)),
-            bias=bool(cfg.get("bias", False)),
             rotary_pct=float(cfg.get("rotary_percentage", 1.0)),
             rotary_base=float(cfg.get("rotary_base", 10000.0)),
             num_attributes=k,

@@ -32,9 +32,3 @@ def reward(attribute_scores: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:
     if arr.ndim == 0 or arr.shape[-1] != meta.num_attributes:
         raise HeadError(f"scores have shape {list(arr.shape)}, expected [..., {meta.num_attributes}]")
     return (arr @ np.asarray(meta.scalar_weights, dtype=np.float32)).astype(np.float32)
-
-
-def named(attribute_scores: npt.ArrayLike, meta: RewardMetadata) -> dict[str, float]:
-    """One request's [K] scores → {attribute name: score}."""
-    arr = np.asarray(attribute_scores, dtype=np.float32).reshape(-1)
-    return {name: float(v) for name, v in zip(meta.attribute_names, arr, strict=True)}

@@ -96,10 +96,6 @@ class RewardMetadata:
     def num_attributes(self) -> int:
         return len(self.attribute_names)
 
-    @property
-    def trained_indices(self) -> tuple[int, ...]:
-        return tuple(self.attribute_names.index(n) for n in self.trained_attributes)
-
     def to_json(self) -> str:
         d = asdict(self)
         d["num_attributes"] = self.num_attributes

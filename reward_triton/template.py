@@ -7,16 +7,8 @@ continues from the prefix WITHOUT the label (NeMo-Aligner's annotation semantics
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from reward_triton.conversation import Conversation
 from reward_triton.metadata import RewardMetadata
-
-
-@dataclass(frozen=True)
-class ScoredPrefix:
-    turn_index: int  # index into conversation.turns of the assistant turn this string scores
-    text: str
 
 
 def system_text(conv: Conversation, meta: RewardMetadata) -> str:
@@ -34,12 +26,3 @@ def _blocks(conv: Conversation, meta: RewardMetadata) -> list[str]:
 def render(conv: Conversation, meta: RewardMetadata) -> str:
     """The string that scores the conversation's last (assistant) turn."""
     return "".join(_blocks(conv, meta)) + meta.template.label
-
-
-def render_prefixes(conv: Conversation, meta: RewardMetadata) -> list[ScoredPrefix]:
-    """One scored string per assistant turn, in order; the last one equals `render(conv, meta)`."""
-    blocks = _blocks(conv, meta)
-    out: list[ScoredPrefix] = []
-    for i in conv.assistant_indices:
-        out.append(ScoredPrefix(turn_index=i, text="".join(blocks[: i + 2]) + meta.template.label))
-    return out

@@ -35,8 +35,5 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self._sp.encode(text, add_bos=False, add_eos=False))
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [list(ids) for ids in self._sp.encode(texts, add_bos=False, add_eos=False)]
-
     def decode(self, ids: list[int]) -> str:
         return str(self._sp.decode(ids))

@@ -88,14 +88,13 @@ def test_render_single_turn_default_system() -> None:
     )
 
 
-def test_render_prefixes_continue_without_label() -> None:
+def test_prefixes_continue_without_label() -> None:
+    """Each assistant turn is scored on its prefix conversation (the client sends those); a later prefix continues
+    the earlier one without its label (NeMo-Aligner's annotation semantics)."""
     conv = from_turns([("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")], system="S")
-    prefixes = template.render_prefixes(conv, _meta())
-    assert [p.turn_index for p in prefixes] == [1, 3]
     first = "<extra_id_0>System\nS\n<extra_id_1>User\nu1\n<extra_id_1>Assistant\na1\n"
-    assert prefixes[0].text == first + "<extra_id_2>"
-    assert prefixes[1].text == first + "<extra_id_1>User\nu2\n<extra_id_1>Assistant\na2\n<extra_id_2>"
-    assert prefixes[1].text == template.render(conv, _meta())
+    assert template.render(conv.without_turns(2, 4), _meta()) == first + "<extra_id_2>"
+    assert template.render(conv, _meta()) == first + "<extra_id_1>User\nu2\n<extra_id_1>Assistant\na2\n<extra_id_2>"
     assert template.render(from_turns([("user", "x"), ("assistant", "")], system=""), _meta()).startswith(
         "<extra_id_0>System\n\n"
     )

@@ -213,7 +213,6 @@ def test_heads_and_postprocess(model_dir: Path) -> None:
     s = heads.scores(logits, meta)
     np.testing.assert_allclose(s, [[1.5, 1.0, 3.0], [0.5, -1.0, 0.0]])
     np.testing.assert_allclose(heads.reward(s, meta), [-1.0, -2.0])
-    assert heads.named(s[0], meta) == {"a": 1.5, "b": 1.0, "c": 3.0}
     with pytest.raises(heads.HeadError):
         heads.scores(np.zeros((1, 2)), meta)
     post = PostprocessStage(model_dir)
@@ -303,4 +302,3 @@ def test_tokenizer_roundtrip(model_dir: Path) -> None:
     tok = Tokenizer(model_dir / TOKENIZER_FILE)
     text = "<extra_id_1>User\nünïcode ☃ text\n<extra_id_2>"
     assert tok.decode(tok.encode(text)) == text
-    assert tok.encode_batch([text, "a"]) == [tok.encode(text), tok.encode("a")]
