@@ -11,7 +11,7 @@ large preset needs one copy of the weights on the GPU. Measured, interleaved, be
 
 - engine: `TorchEngine.logits` on all sequences at once (packed, no padding);
 - HF one by one: `model(input_ids[1, L])` per sequence, last hidden state → the same fp32 reward head;
-- HF padded batch: one right-padded batch with an attention mask (timed at most twice).
+- HF padded batch: one right-padded batch with an attention mask (timed at most twice; skipped if out of memory).
 
 Printed: tokens/s of each, the engine's ratio to both, max |engine - HF| of the rewards, and the engine's MFU
 against `--peak-tflops` (default: H100 SXM dense BF16, 989) from the model FLOPs: 2 × linear weights per token,
@@ -338,7 +338,12 @@ def bench_one(
     timer = _timer(dev)
     outputs = {k: runs[k]() for k in ("engine", "hf_one_by_one")}  # warm-up (and the rewards compared below)
     if padded:
-        hf_padded(model, engine, seqs[:2])  # warm-up: the padded batch is slow and only printed beside
+        try:
+            hf_padded(model, engine, seqs)  # warm-up at full size: a GPU that cannot hold it is told now
+        except torch.OutOfMemoryError:
+            log(f"[{name}] HF padded batch does not fit in GPU memory: skipped")
+            del runs["hf_padded"]
+            torch.cuda.empty_cache()
     best = dict.fromkeys(runs, math.inf)
     for r in range(repeats):  # interleaved: drifting load on a shared machine hits every variant alike
         for k, fn in runs.items():

@@ -79,13 +79,14 @@ def perf_env(libs: Path = DEFAULT_LIBS) -> dict[str, str]:
 
 
 # ---- input data ----------------------------------------------------------------------------------------------
-def conversations(pre: Preprocessor, n: int, seed: int = 0) -> list[tuple[str, list[int]]]:
-    """n (conversation JSON, token ids) pairs whose lengths spread over 30-90 % of the engine's input limit."""
+def conversations(pre: Preprocessor, n: int, seed: int = 0, tokens: int | None = None) -> list[tuple[str, list[int]]]:
+    """n (conversation JSON, token ids) pairs whose lengths spread over 30-90 % of the engine's input limit, or,
+    with `tokens`, all of about that many tokens (at least that many, a few more at most)."""
     rng = random.Random(seed)
     limit = min(pre.max_input_len, 2048)
     out: list[tuple[str, list[int]]] = []
     while len(out) < n:
-        target = int(limit * rng.uniform(0.3, 0.9))
+        target = min(tokens, pre.max_input_len) if tokens else int(limit * rng.uniform(0.3, 0.9))
         words: list[str] = []
         best: tuple[str, list[int]] | None = None
         step = 1
@@ -104,7 +105,8 @@ def conversations(pre: Preprocessor, n: int, seed: int = 0) -> list[tuple[str, l
             best = (text, ids)
             if len(ids) >= target:
                 break
-            step = max(1, (target - len(ids)) // 2)  # a word is at least about one token
+            # a word is at least about one token; with `tokens`, creep up so as not to overshoot the target
+            step = max(1, (target - len(ids)) // (8 if tokens else 2))
         if best is None:
             raise RequestError(f"the engine's input limit ({pre.max_input_len} tokens) is too small for perf data")
         out.append(best)
@@ -256,7 +258,10 @@ def report(rows: Sequence[Row], tokens_per_request: float | None = None) -> str:
         "(pre/postprocessing + ensemble scheduling)"
     )
     if tokens_per_request:
-        lines.append(f"tok/s = inf/s x {tokens_per_request:.1f} tokens per request (mean of the input data)")
+        lines.append(
+            f"tok/s = inf/s x {tokens_per_request:.1f} tokens per request (mean of the input data; exact only when "
+            "every request has about that many: --request-tokens)"
+        )
     return "\n".join(lines)
 
 
@@ -301,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         install(binary, Path(args.libs))
     pre = Preprocessor.from_dir(_model_dir(repository))
     out = Path(args.output)
-    pairs = conversations(pre, args.requests)
+    pairs = conversations(pre, args.requests, tokens=args.request_tokens)
     ensemble_data, engine_data, reward_model_data = write_inputs(pairs, out)
     levels = [int(c) for c in args.concurrency.replace(":", ",").split(",") if c]
     if ":" in args.concurrency:  # start:end → powers of two between
@@ -373,6 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--rm-concurrency", default="1,2", help="reward_model: requests in flight (a list)")
     r.add_argument("--output", default="build/perf")
     r.add_argument("--baseline", help="perf.json of an earlier run: print tokens/s before/after per level")
+    r.add_argument(
+        "--request-tokens",
+        type=int,
+        default=None,
+        help="every request about this many tokens (default: spread over 30-90 %% of the input limit). Use it for "
+        "tok/s: perf_analyzer's concurrent contexts do not sample mixed-length data evenly (short requests "
+        "complete more often), so inf/s x mean length overstates tokens/s with spread lengths",
+    )
     r.add_argument(
         "--stability",
         type=int,
