@@ -10,7 +10,7 @@ point therefore runs the server as a child in its own process group and watches 
   to 30 s, reset after 30 s of health). While it restarts its endpoints are closed, so readiness probes fail;
   in-flight requests fail with UNAVAILABLE or INTERNAL "... not healthy", which clients retry.
 - a server that exits before it was ever ready (a bad repository, a port in use) is not restarted: its exit status
-  is returned, as a plain tritonserver would.
+  is returned, as a plain tritonserver would. Once it has served, every later failure is restarted (backoff).
 - with `restart=False` (set by the multi-node launcher through REWARD_TRITON_RESTART=0: an MPI rank cannot rejoin
   its job alone), a fault ends this process with a non-zero status instead, so that mpirun stops the whole job;
   the launcher runs mpirun under the same supervisor (`watch_stubs=False`) and restarts the whole job.
@@ -308,16 +308,19 @@ class Supervisor:
             del self._stubs[stub.pid]
         return gone
 
-    def _dead_stub(self) -> Stub | None:
-        """A stub of this server that died while its model is still loaded (a fault), or None."""
+    def _dead_stub(self, ready_once: bool) -> Stub | None:
+        """A stub of this server that died while Triton lists its model as loaded (a fault), or None.
+
+        Stubs come and go while models load (config auto-complete runs one), before the endpoint answers; once it
+        does, the model index tells a dead instance from one unloaded on purpose (model control)."""
         gone = self._scan()
         if not gone:
             return None
         loaded = loaded_models(self.endpoint)
         for stub in gone:
-            if loaded is None or stub.model in loaded:
+            if (loaded is None and ready_once) or (loaded is not None and stub.model in loaded):
                 return stub
-        return None  # unloaded on purpose (model control) : not a fault
+        return None
 
     def _is_ready(self, started: float) -> bool:
         if self.endpoint is None:
@@ -325,30 +328,28 @@ class Supervisor:
         return _http(self.endpoint, "/v2/health/ready")[0] == 200
 
     def _watch(self) -> str | None:
-        """Run until the server stops (None: on request, or it exited by itself before ever being ready) or a fault
-        (its description)."""
+        """Run until the server stops (None: on request, or a first start that exited before ever being ready) or a
+        fault (its description). Once it has served, a restart that fails before readiness is a fault too."""
         assert self.proc is not None
         started = time.monotonic()
         ready_once = False
         while True:
             code = self.proc.poll()
             if code is not None:
-                if self._stopping or not ready_once:
+                if self._stopping or not (ready_once or self.restarts):
                     return None
                 return f"{Path(self.cmd[0]).name} exited with status {code}"
             if self._stopping:
-                pass
-            elif not ready_once:  # stubs come and go while models load (config auto-complete runs one)
-                if self.watch_stubs:
-                    self._scan()  # track them from the start, so one that dies right after readiness is seen
-                if self._is_ready(started):
-                    ready_once = True
-                    if self.restarts:
-                        log(f"serving again (restart {self.restarts})")
-            elif self.watch_stubs:
-                stub = self._dead_stub()
+                time.sleep(POLL_S)
+                continue
+            if self.watch_stubs:  # tracked from the start, so one that dies as readiness comes is seen too
+                stub = self._dead_stub(ready_once)
                 if stub is not None:
                     return f"the python backend stub of model '{stub.model}' (pid {stub.pid}) died"
+            if not ready_once and self._is_ready(started):
+                ready_once = True
+                if self.restarts:
+                    log(f"serving again (restart {self.restarts})")
             time.sleep(POLL_S)
 
     def _stop_timeout(self) -> float:
