@@ -70,8 +70,8 @@ class PostprocessStage:
         """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
         the reward position. A head that does not fit the engine's logits is a server fault (HeadError)."""
         arr = np.asarray(logits, dtype=np.float32)
-        if arr.ndim == 0 or arr.size == 0:
-            raise RequestError(f"input 'generation_logits' has shape {list(arr.shape)}: no logits")
+        if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
+            raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")
         last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
         return heads.scores(last, self.meta)
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -307,7 +308,8 @@ def test_a_killed_server_leaves_nothing_behind(server: RunningServer, tmp_path: 
     stubborn.symlink_to(sys.executable)
     script = tmp_path / "model.py"
     script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n")
-    orphan = subprocess.Popen([str(stubborn), str(script), "region", "1", "1", "999999999"], executable=str(stubborn))
+    region = f"rt1_{uuid.uuid4()}"  # a region name of this project's servers (others' stubs are left alone)
+    orphan = subprocess.Popen([str(stubborn), str(script), region, "1", "1", "999999999"], executable=str(stubborn))
     try:
         os.kill(first.proc.pid, signal.SIGKILL)
         first.proc.wait(10)
