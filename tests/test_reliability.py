@@ -295,14 +295,22 @@ def test_a_killed_server_leaves_nothing_behind(server: RunningServer, tmp_path: 
     """SIGKILL of the supervisor: its server dies with it; the stubs it orphans (one ignores SIGTERM here) and
     their shared-memory regions are cleaned up when the next server starts."""
     repo = server.repository
-    first = ServerProcess(repository=repo, log_path=tmp_path / "first.log").start(180)
+    with ServerProcess(repository=repo, log_path=tmp_path / "first.log").start(180) as first:
+        _kill_supervisor_and_restart(first, repo, tmp_path)
+
+
+def _kill_supervisor_and_restart(first: ServerProcess, repo: Path, tmp_path: Path) -> None:
     RUNNING.append(first)
     assert first.proc is not None
     (triton,) = supervisor.children(first.proc.pid)
     old = [s for s in (supervisor.Stub.of(p) for p in tree(triton)) if s is not None]
     regions = [Path("/dev/shm") / supervisor.argv_of(s.pid)[2] for s in old]
-    assert {s.model for s in old} == {"preprocessing", "tensorrt_llm", "postprocessing", "reward_model"}
-    assert all(r.exists() for r in regions)
+    try:
+        assert {s.model for s in old} == {"preprocessing", "tensorrt_llm", "postprocessing", "reward_model"}
+        assert all(r.exists() for r in regions)
+    except AssertionError:
+        RUNNING.remove(first)
+        raise
     # a stub that ignores SIGTERM, orphaned: parent pid argument of a process that is gone
     stubborn = tmp_path / supervisor.STUB
     stubborn.symlink_to(sys.executable)
