@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from build_engine.convert import DTYPES, Layout, RankPlanner, rank_bytes
-from build_engine.spec import EMBEDDING, HEAD_W, ModelSpec
+from build_engine.spec import ModelSpec
+from reward_triton.weights import EMBEDDING, HEAD_W
 
 GIB = 1 << 30
 H100_MEMORY_BYTES = 81559 * (1 << 20)  # H100 SXM 80 GB (HBM3) as nvidia-smi reports it: 81559 MiB

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from build_engine import convert as conv
+from build_engine.atomic import commit_directory, partial_directory
 from build_engine.nemo.source import open_checkpoint
 
 T = TypeVar("T")
@@ -113,7 +114,7 @@ def mpi_convert(
         state["ckpt"] = ckpt
         state["spec"], state["planner"] = conv.prepare(ckpt, layout, dtype, lm_head)
         if run.rank == 0:
-            state["tmp"] = conv.partial_directory(output)
+            state["tmp"] = partial_directory(output)
 
     try:
         run.phase("planning", plan)
@@ -135,7 +136,7 @@ def mpi_convert(
             if missing:
                 raise FileNotFoundError(f"{tmp}: rank files missing after all processes finished: {missing}")
             conv.write_side_files(state["ckpt"], state["spec"], layout, dtype, lm_head, tmp)
-            conv.commit_directory(tmp, output)
+            commit_directory(tmp, output)
             state["tmp"] = None
 
         run.phase("side files and rename", finish)

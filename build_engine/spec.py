@@ -6,6 +6,23 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reward_triton.metadata import default_attributes
+from reward_triton.weights import (
+    EMBEDDING,
+    FC1,
+    FC2,
+    HEAD_B,
+    HEAD_W,
+    LN1_B,
+    LN1_W,
+    LN2_B,
+    LN2_W,
+    LNF_B,
+    LNF_W,
+    PROJ,
+    QKV,
+    Arch,
+    is_gated,
+)
 
 
 class SpecError(ValueError):
@@ -17,30 +34,20 @@ class ShapeSource(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
 
 
+# NeMo activation name -> the canonical one (whether it is gated: `reward_triton.weights.is_gated`)
 ACTIVATIONS = {
-    # NeMo name -> (canonical, gated)
-    "squared-relu": ("squared-relu", False),
-    "gelu": ("gelu", False),
-    "fast-gelu": ("gelu", False),
-    "swiglu": ("swiglu", True),
-    "fast-swiglu": ("swiglu", True),
+    "squared-relu": "squared-relu",
+    "gelu": "gelu",
+    "fast-gelu": "gelu",
+    "swiglu": "swiglu",
+    "fast-swiglu": "swiglu",
 }
 NORMALIZATIONS = ("layernorm", "layernorm1p", "rmsnorm")
 
-# Canonical weight names (see docs/design.md).
-EMBEDDING = "embedding.word_embeddings.weight"
-LN1_W = "decoder.layers.self_attention.linear_qkv.layer_norm_weight"
-LN1_B = "decoder.layers.self_attention.linear_qkv.layer_norm_bias"
-QKV = "decoder.layers.self_attention.linear_qkv.weight"
-PROJ = "decoder.layers.self_attention.linear_proj.weight"
-LN2_W = "decoder.layers.mlp.linear_fc1.layer_norm_weight"
-LN2_B = "decoder.layers.mlp.linear_fc1.layer_norm_bias"
-FC1 = "decoder.layers.mlp.linear_fc1.weight"
-FC2 = "decoder.layers.mlp.linear_fc2.weight"
-LNF_W = "decoder.final_layernorm.weight"
-LNF_B = "decoder.final_layernorm.bias"
-HEAD_W = "rm_head.weight"
-HEAD_B = "rm_head.bias"
+
+def gated_config(cfg: dict[str, Any]) -> bool:
+    """Whether a NeMo config's MLP is gated (fc1 holds [act; up] halves)."""
+    return bool(cfg.get("gated_linear_unit")) or is_gated(str(cfg.get("activation", "")))
 
 
 def _get(cfg: dict[str, Any], key: str, default: Any = ...) -> Any:
@@ -74,12 +81,21 @@ class ModelSpec:
     tokenizer_ref: str
 
     @property
+    def arch(self) -> Arch:
+        """The architecture facts the weight table selects rows and rules by (decided here, once)."""
+        return Arch(
+            gated=is_gated(self.activation),
+            norm_bias=self.normalization != "rmsnorm",
+            layernorm1p=self.normalization == "layernorm1p",
+        )
+
+    @property
     def gated(self) -> bool:
-        return self.activation == "swiglu"
+        return self.arch.gated
 
     @property
     def has_norm_bias(self) -> bool:
-        return self.normalization != "rmsnorm"
+        return self.arch.norm_bias
 
     @property
     def qkv_rows(self) -> int:
@@ -111,7 +127,7 @@ class ModelSpec:
             raise SpecError(
                 f"model_config.yaml: activation '{act_name}' is not supported (supported: {sorted(ACTIVATIONS)})"
             )
-        activation, _ = ACTIVATIONS[act_name]
+        activation = ACTIVATIONS[act_name]
         normalization = str(_get(cfg, "normalization", "layernorm"))
         if normalization not in NORMALIZATIONS:
             raise SpecError(

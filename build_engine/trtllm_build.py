@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from build_engine.convert import commit_directory, partial_directory
+from build_engine.atomic import commit_directory, partial_directory
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE
 
 EXECUTABLE = "trtllm-build"

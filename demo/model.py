@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from build_engine.spec import (
+from reward_triton.weights import (
     EMBEDDING,
     FC1,
     FC2,
@@ -33,11 +33,12 @@ from build_engine.spec import (
     LN2_W,
     LNF_B,
     LNF_W,
+    OUTPUT,
     PROJ,
     QKV,
 )
 
-OUTPUT_LAYER = "output_layer.weight"
+OUTPUT_LAYER = OUTPUT
 LAYER_NAMES = (LN1_W, LN1_B, QKV, PROJ, LN2_W, LN2_B, FC1, FC2)
 
 

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 
 from build_engine import capacity, convert, fixtures, launcher, mpi_convert, repository, trtllm_build
 from build_engine.nemo.source import open_checkpoint
+from build_engine.nemo.writer import write_nemo_checkpoint
 from build_engine.spec import ModelSpec
 from reward_triton.engine import TorchEngine
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
@@ -468,7 +469,7 @@ def test_tiny_trtllm_engine_matches_torch_engine(arch: str, tmp_path: Path) -> N
     spec = _engine_sized_spec(arch)
     tok = fixtures.train_tokenizer(tmp_path / "tok.model", spec.tokenizer_vocab_size)
     cfg, tensors = fixtures.fixture_config(spec), fixtures.fixture_tensors(spec, seed=0)
-    nemo = fixtures.write_nemo_checkpoint(tmp_path / "nemo", cfg, tensors, tok, "zarr", tp=1)
+    nemo = write_nemo_checkpoint(tmp_path / "nemo", cfg, tensors, tok, "zarr", tp=1)
     ckpt = convert.convert(nemo, tmp_path / "ckpt", 1, 1, "bfloat16", "padded", progress=False)
     opts = trtllm_build.BuildOptions(max_batch_size=4, max_input_len=64, max_num_tokens=256)
     engine = trtllm_build.build_engine(ckpt, tmp_path / "engine", opts)
