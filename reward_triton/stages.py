@@ -1,4 +1,5 @@
-"""The Triton stages as plain numpy-in / numpy-out classes (the model.py files only adapt pb_utils to these).
+"""The engine and postprocessing stages as plain numpy-in / numpy-out classes (the preprocessing stage is
+`reward_triton/preprocess.py`; the model.py files only adapt pb_utils to these, through `triton_adapter`).
 
 Each stage's `run(batch)` takes one dict of input arrays per request (absent optional inputs are None; arrays
 keep Triton's leading batch dim of 1) and returns, per request, a dict of output arrays or a `Failure`
@@ -16,10 +17,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from reward_triton import heads
+from reward_triton import metadata
 from reward_triton.errors import Failure, RequestError, ServerFault, guarded, log
 from reward_triton.metadata import RewardMetadata
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Preprocessor
 
 Inputs = Mapping[str, np.ndarray | None]
 Outputs = dict[str, np.ndarray]
@@ -50,16 +50,6 @@ def _scalar(name: str, array: np.ndarray | None, default: Any, dtype: type) -> A
     return dtype(flat[0])
 
 
-class PreprocessStage:
-    input_names = ("conversation", "text", "sentences", "truncate", "add_EOS")
-
-    def __init__(self, model_dir: str | os.PathLike[str], max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
-        self.pre = Preprocessor.from_dir(model_dir, max_request_bytes)
-
-    def run(self, batch: Sequence[Inputs]) -> list[Result]:
-        return [guarded(lambda inputs=inputs: self.pre.prepare(inputs).tensors()) for inputs in batch]
-
-
 class PostprocessStage:
     input_names = ("generation_logits",)
 
@@ -73,14 +63,14 @@ class PostprocessStage:
         if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
             raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")
         last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
-        return heads.scores(last, self.meta)
+        return metadata.scores(last, self.meta)
 
     def _one(self, inputs: Inputs) -> Outputs:
         logits = inputs.get("generation_logits")
         if logits is None:
             raise RequestError("input 'generation_logits' is missing")
         s = self.scores_of(logits)
-        return {"scores": s, "reward": heads.reward(s, self.meta)[:, None]}
+        return {"scores": s, "reward": metadata.reward(s, self.meta)[:, None]}
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         return [guarded(lambda inputs=inputs: self._one(inputs)) for inputs in batch]
@@ -155,7 +145,7 @@ class EngineStage:
 
     def _forward(self, seqs: list[list[int]]) -> np.ndarray:
         logits = np.asarray(self.engine.logits(seqs).float().cpu().numpy(), dtype=np.float32)
-        if logits.shape[0] != len(seqs):  # non-finite reward logits are caught by the head (heads.scores)
+        if logits.shape[0] != len(seqs):  # non-finite reward logits are caught by the head (metadata.scores)
             raise ServerFault(f"the engine returned logits of shape {list(logits.shape)} for {len(seqs)} sequences")
         return logits
 
