@@ -66,7 +66,6 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "mpi-convert": _lazy("mpi_convert"),
     "render-repository": _lazy("repository"),
     "build-engine": _lazy("trtllm_build"),
-    "launch": _lazy("launcher"),
     "capacity": _lazy("capacity"),
 }
 

@@ -113,6 +113,7 @@ class RankPlanner:
     def __init__(self, spec: ModelSpec, weights: WeightSource, layout: Layout, dtype: torch.dtype, lm_head: str):
         self.spec, self.weights, self.layout, self.dtype, self.lm_head = spec, weights, layout, dtype, lm_head
         self.tp = tp_layout(spec, layout, lm_head)
+        self.shapes = spec.expected_shapes()  # `validate` checked the checkpoint against them; capacity has no weights
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.dtype).contiguous()
@@ -121,7 +122,7 @@ class RankPlanner:
         return Job(name, shape, lambda: iter([(0, fn())]))
 
     def _rows(self, dst: str, src: str, layer: int | None, start: int, n: int) -> Job:
-        cols = self.weights.shape(src)[1]
+        cols = self.shapes[src][1]
         return self._one(dst, (n, cols), lambda: self._cast(self.weights.read(src, layer, rows=(start, start + n))))
 
     # -- rules -----------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ class RankPlanner:
 
     def row(self, dst: str, src: str, layer: int, tp_rank: int) -> Job:
         """Columns [r*total/T, (r+1)*total/T) of the source."""
-        rows, total = self.weights.shape(src)
+        rows, total = self.shapes[src]
         n = total // self.layout.tp
         start = tp_rank * n
         return self._one(dst, (rows, n), lambda: self._cast(self.weights.read(src, layer, cols=(start, start + n))))
@@ -197,9 +198,9 @@ class RankPlanner:
         if w.rule is Rule.QKV:
             return [self.qkv(dst[0], layer, tp_rank)]
         if w.rule is Rule.COLUMN:
-            return [self.column(dst[0], w.name, layer, tp_rank, 0, self.weights.shape(w.name)[0])]
+            return [self.column(dst[0], w.name, layer, tp_rank, 0, self.shapes[w.name][0])]
         if w.rule is Rule.GATED:
-            half = self.weights.shape(w.name)[0] // 2
+            half = self.shapes[w.name][0] // 2
             return [self.column(name, w.name, layer, tp_rank, i * half, half) for i, name in enumerate(dst)]
         if w.rule is Rule.ROW:
             return [self.row(dst[0], w.name, layer, tp_rank)]
