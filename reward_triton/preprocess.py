@@ -15,17 +15,49 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
 from reward_triton import metadata
 from reward_triton.conversation import Conversation, ConversationError, loads
 from reward_triton.errors import Failure, RequestError, guarded
 from reward_triton.metadata import RewardMetadata
-from reward_triton.tokenizer import Tokenizer
 
 TEXT_INPUTS = ("conversation", "text", "sentences")
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+
+
+class Tokenizer:
+    """SentencePiece as the reward model was trained with it: ids of the text only, no BOS and no EOS."""
+
+    def __init__(self, model_file: str | os.PathLike[str]) -> None:
+        path = Path(model_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer model not found")
+        self.path = path
+        self._sp = spm.SentencePieceProcessor(model_file=str(path))
+
+    @classmethod
+    def from_metadata(cls, directory: str | os.PathLike[str], meta: RewardMetadata | None = None) -> Tokenizer:
+        meta = meta or RewardMetadata.load(directory)
+        return cls(meta.tokenizer_path(directory))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+    @property
+    def eos_id(self) -> int:
+        """The EOS token id, -1 when the model has none."""
+        return int(self._sp.eos_id())
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._sp.encode(text, add_bos=False, add_eos=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._sp.decode(ids))
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,19 @@
-"""The engine and postprocessing stages as plain numpy-in / numpy-out classes (the preprocessing stage is
-`reward_triton/preprocess.py`; the model.py files only adapt pb_utils to these, through `triton_adapter`).
+"""The Triton side of the ensemble's stages: pb_utils requests → numpy inputs → each stage's `run` → responses.
 
-Each stage's `run(batch)` takes one dict of input arrays per request (absent optional inputs are None; arrays
-keep Triton's leading batch dim of 1) and returns, per request, a dict of output arrays or a `Failure`
-(`reward_triton.errors`: INVALID_ARG or INTERNAL for that request only). Whatever one request does, it gets its own
-result: every request runs under `errors.guarded`, and a failed batched engine forward is retried one sequence at a
-time so that only the sequence that fails gets the error.
+`execute(pb, stage, requests)` is what every model.py calls (`pb` is `triton_python_backend_utils`, passed in, so
+everything here is testable without a Triton process). A stage's `run(batch)` takes one dict of input arrays per
+request (absent optional inputs are None; arrays keep Triton's leading batch dim of 1) and returns, per request, a
+dict of output arrays or a `Failure` (`reward_triton.errors`: INVALID_ARG or INTERNAL for that request only).
+Whatever one request does, it gets its own result: every request runs under `errors.guarded`, and a failed batched
+engine forward is retried one sequence at a time so that only the sequence that fails gets the error.
+
+Stages: preprocessing is `reward_triton.preprocess.Preprocessor`; `EngineStage` (the `tensorrt_llm` contract on
+the PyTorch engine) and `PostprocessStage` (logits → scores and reward, `reward_triton.metadata`) are here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -182,3 +186,53 @@ class EngineStage:
                 "generation_logits": row.reshape(1, 1, 1, -1).astype(np.float32),  # [1, beams, out_len, V]
             }
         return out
+
+
+# ---- pb_utils ↔ numpy -------------------------------------------------------------------------------------------
+def parameters(args: dict[str, Any]) -> dict[str, str]:
+    """`initialize(args)` → the model config's parameters as {key: string_value}."""
+    config = json.loads(args["model_config"])
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+def require(params: dict[str, str], key: str) -> str:
+    value = params.get(key, "")
+    if not value or value.startswith("${"):
+        raise ValueError(f"model config parameter '{key}' is not set (render the repository with `make engine`)")
+    return value
+
+
+def read_inputs(pb: Any, stage: Any, request: Any) -> Inputs:
+    """The request's tensors named in `stage.input_names` (None for an absent optional input)."""
+    inputs = {}
+    for name in stage.input_names:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        inputs[name] = None if tensor is None else tensor.as_numpy()
+    return inputs
+
+
+def error_response(pb: Any, failure: Failure) -> Any:
+    code = pb.TritonError.INVALID_ARG if failure.invalid_request else pb.TritonError.INTERNAL
+    if failure.retryable:
+        code = getattr(pb.TritonError, "UNAVAILABLE", code)
+    return pb.InferenceResponse(error=pb.TritonError(failure.message, code))
+
+
+def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
+    """One response per request, each with its own result or its own error (`reward_triton.errors`)."""
+    read = [guarded(lambda r=r: read_inputs(pb, stage, r)) for r in requests]
+    batch = [inputs for inputs in read if not isinstance(inputs, Failure)]
+    try:
+        results = iter(stage.run(batch))
+    except Exception as e:  # a stage isolates its requests itself; this is a bug in the stage
+        log.exception("stage %s failed on a batch of %d", type(stage).__name__, len(batch))
+        failure = Failure.of(e)
+        results = iter([failure] * len(batch))
+    responses = []
+    for inputs in read:
+        result = inputs if isinstance(inputs, Failure) else next(results)
+        if isinstance(result, Failure):
+            responses.append(error_response(pb, result))
+        else:
+            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()]))
+    return responses

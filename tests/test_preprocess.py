@@ -15,9 +15,8 @@ from reward_triton import metadata
 from reward_triton.conversation import loads
 from reward_triton.errors import Failure, RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
-from reward_triton.preprocess import Preprocessor
+from reward_triton.preprocess import Preprocessor, Tokenizer
 from reward_triton.stages import EngineStage, PostprocessStage
-from reward_triton.tokenizer import Tokenizer
 
 MAX_LEN = 400
 
