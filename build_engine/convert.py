@@ -1,6 +1,6 @@
 """NeMo reward checkpoint → TensorRT-LLM unified checkpoint (config.json + rank{N}.safetensors), any TP×PP.
 
-A conversion is a table of name mappings plus a few split rules (docs/design.md lists the canonical names):
+A conversion is the weight table (reward_triton/weights.py: names and split rules, docs/formats.md) applied per rank:
 - column-parallel weights (qkv, fc, gate, vocab rows of lm_head) split on dim 0, row-parallel (dense, proj) on dim 1;
 - qkv is regrouped from NeMo's per-group [q.., k, v] rows into per-rank [q_r; k_r; v_r], replicating KV heads
   when there are fewer KV heads than TP ranks;
@@ -12,12 +12,14 @@ Every rank file is streamed one tensor slice at a time; memory stays at a few te
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -363,3 +365,38 @@ def convert_ranks(planner: RankPlanner, ranks: Iterable[int], directory: Path, p
     with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar:
         for rank in ranks:
             write_rank(planner, rank, directory, bar)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a conversion, shared by `python -m build_engine convert` and `build_engine.mpi_convert`."""
+    p.add_argument("--nemo", required=True, help=".nemo file or extracted checkpoint directory (all nodes see it)")
+    p.add_argument("--output", required=True, help="output directory (replaced atomically when complete)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument(
+        "--lm-head",
+        default="padded",
+        choices=["padded", "compact"],
+        help="padded: vocab-sized lm_head with reward rows 0..K-1 (TensorRT-LLM); compact: [K, H] (PyTorch engine)",
+    )
+    p.add_argument(
+        "--parallel-embedding",
+        action="store_true",
+        help="shard the embedding table over TP ranks (TensorRT-LLM use_parallel_embedding, dim 0)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
+def arguments(a: argparse.Namespace) -> dict[str, Any]:
+    """Parsed `add_arguments` options → keyword arguments of `convert` / `mpi_convert`."""
+    return {
+        "nemo": a.nemo,
+        "output": a.output,
+        "tp": a.tp,
+        "pp": a.pp,
+        "dtype": a.dtype,
+        "lm_head": a.lm_head,
+        "progress": not a.no_progress,
+        "parallel_embedding": a.parallel_embedding,
+    }

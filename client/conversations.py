@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reward_triton import json_text
+from reward_triton.conversation import JSONTextError, decode_json
 
 NEMO_DEFAULT_MASK = "User"
 STEERLM_MIN, STEERLM_MAX = 0.0, 4.0
@@ -30,8 +30,8 @@ class RecordError(ValueError):
 def parse_json(text: str | bytes) -> Any:
     """JSON text → value, with a one-line error message."""
     try:
-        value = json_text.decode(text, "line")
-    except json_text.JSONTextError as e:
+        value = decode_json(text)
+    except JSONTextError as e:
         raise RecordError(str(e)) from None
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8")

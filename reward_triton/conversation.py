@@ -11,10 +11,9 @@ apply the model's default one.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
-
-from reward_triton import json_text
 
 Role = Literal["user", "assistant"]
 OPENAI_ROLES = ("system", "user", "assistant")
@@ -183,10 +182,34 @@ def parse(data: Any) -> Conversation:
     )
 
 
+# ---- JSON text (also the client's record reader, client/conversations.py) -------------------------------------
+class JSONTextError(ValueError):
+    """The text is not readable JSON; the message says why and where."""
+
+
+def decode_json(text: str | bytes, what: str = "") -> Any:
+    """JSON text (str, or UTF-8 bytes) → value; `what` names the text in the message (e.g. "conversation")."""
+    subject = f"{what} is " if what else ""
+    json_of = f"{what} JSON" if what else "JSON"
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JSONTextError(f"{subject}not valid UTF-8 (invalid byte at offset {e.start})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JSONTextError(f"{subject}not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except RecursionError:
+        raise JSONTextError(f"{json_of} is nested too deeply (arrays/objects within each other)") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python's conversion limit
+        raise JSONTextError(f"{json_of} has a value that cannot be read: {e}") from None
+
+
 def loads(text: str | bytes) -> Conversation:
     """JSON text (str, or UTF-8 bytes) → Conversation."""
     try:
-        data = json_text.decode(text, "conversation")
-    except json_text.JSONTextError as e:
+        data = decode_json(text, "conversation")
+    except JSONTextError as e:
         raise ConversationError(str(e)) from None
     return parse(data)

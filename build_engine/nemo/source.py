@@ -1,7 +1,7 @@
 """Open a NeMo checkpoint (`.nemo` tar read in place, or a directory) and expose its weights by canonical name.
 
 Canonical names are the mcore GPT names without the `model.` prefix, in the global (un-sharded) layout; names
-containing `decoder.layers.` are layer tensors read one layer at a time (see docs/design.md).
+containing `decoder.layers.` are layer tensors read one layer at a time (see docs/formats.md).
 """
 
 from __future__ import annotations
