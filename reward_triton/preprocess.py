@@ -22,8 +22,9 @@ import sentencepiece as spm
 
 from reward_triton import metadata
 from reward_triton.conversation import Conversation, ConversationError, loads
-from reward_triton.errors import Failure, RequestError, guarded
+from reward_triton.errors import RequestError
 from reward_triton.metadata import RewardMetadata
+from reward_triton.stages import Failure, guarded
 
 TEXT_INPUTS = ("conversation", "text", "sentences")
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20

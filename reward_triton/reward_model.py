@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from reward_triton.errors import Failure, RequestError, guarded
+from reward_triton.errors import RequestError
 from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
-from reward_triton.stages import Inputs, Outputs, PostprocessStage, error_response, read_inputs
+from reward_triton.stages import Failure, Inputs, Outputs, PostprocessStage, error_response, guarded, read_inputs
 
 ENGINE_MODEL = "tensorrt_llm"
 ENGINE_INPUTS = ("input_ids", "input_lengths", "request_output_len", "return_generation_logits")

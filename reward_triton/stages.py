@@ -4,7 +4,7 @@
 everything here is testable without a Triton process). A stage's `run(batch)` takes one dict of input arrays per
 request (absent optional inputs are None; arrays keep Triton's leading batch dim of 1) and returns, per request, a
 dict of output arrays or a `Failure` (`reward_triton.errors`: INVALID_ARG or INTERNAL for that request only).
-Whatever one request does, it gets its own result: every request runs under `errors.guarded`, and a failed batched
+Whatever one request does, it gets its own result: every request runs under `guarded`, and a failed batched
 engine forward is retried one sequence at a time so that only the sequence that fails gets the error.
 
 Stages: preprocessing is `reward_triton.preprocess.Preprocessor`; `EngineStage` (the `tensorrt_llm` contract on
@@ -14,16 +14,52 @@ the PyTorch engine) and `PostprocessStage` (logits → scores and reward, `rewar
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from reward_triton import metadata
-from reward_triton.errors import Failure, RequestError, ServerFault, guarded, log
+from reward_triton.errors import RequestError, ServerFault
 from reward_triton.metadata import RewardMetadata
+
+log = logging.getLogger("reward_triton")
+T = TypeVar("T")
+
+
+# ---- per-request results -----------------------------------------------------------------------------------------
+# A stage's `run` returns, per request, either its output tensors or a `Failure` (the kind and the message, without
+# the exception and its traceback: a traceback would keep the request's tensors alive until the cyclic garbage
+# collector runs, which for large requests is what made memory grow).
+@dataclass(frozen=True)
+class Failure:
+    message: str
+    invalid_request: bool  # True: INVALID_ARG (the client's mistake); False: INTERNAL (ours)
+    retryable: bool = False  # UNAVAILABLE: the server is busy or restarting, the same request may succeed later
+
+    @classmethod
+    def of(cls, error: BaseException) -> Failure:
+        if isinstance(error, RequestError):
+            return cls(str(error), True)
+        if isinstance(error, ServerFault):
+            return cls(str(error), False)
+        return cls(f"internal error: {type(error).__name__}: {error}", False)
+
+
+def guarded(fn: Callable[[], T]) -> T | Failure:
+    """`fn()`, or the Failure that its exception means. Unexpected exceptions are logged with their traceback."""
+    try:
+        return fn()
+    except (RequestError, ServerFault) as e:
+        return Failure.of(e)
+    except Exception as e:
+        log.exception("request failed with an unexpected error")
+        return Failure.of(e)
+
 
 Inputs = Mapping[str, np.ndarray | None]
 Outputs = dict[str, np.ndarray]

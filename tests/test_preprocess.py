@@ -13,10 +13,10 @@ from convo import from_turns
 from build_engine import fixtures
 from reward_triton import metadata
 from reward_triton.conversation import loads
-from reward_triton.errors import Failure, RequestError
+from reward_triton.errors import RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
 from reward_triton.preprocess import Preprocessor, Tokenizer
-from reward_triton.stages import EngineStage, PostprocessStage
+from reward_triton.stages import EngineStage, Failure, PostprocessStage
 
 MAX_LEN = 400
 
