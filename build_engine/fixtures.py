@@ -23,23 +23,8 @@ from typing import Any
 import torch
 
 from build_engine.nemo.writer import FORMATS, Format, model_config, write_nemo_checkpoint
-from reward_triton.weights import (
-    EMBEDDING,
-    FC1,
-    FC2,
-    HEAD_B,
-    HEAD_W,
-    LN1_B,
-    LN1_W,
-    LN2_B,
-    LN2_W,
-    LNF_B,
-    LNF_W,
-    OUTPUT,
-    PROJ,
-    QKV,
-    is_gated,
-)
+from reward_triton import weights as wt
+from reward_triton.weights import is_gated
 
 ARCHS: tuple[str, ...] = ("nemotron", "llama")
 USER_SYMBOLS = ("<extra_id_0>", "<extra_id_1>", "<extra_id_2>", "\n")
@@ -221,20 +206,20 @@ def fixture_tensors(spec: FixtureSpec, seed: int = 0) -> dict[str, torch.Tensor]
 
     norm_mean = 0.0 if spec.normalization == "layernorm1p" else 1.0  # layernorm1p stores gamma - 1
     t = {
-        EMBEDDING: randn(v, h, std=0.5),
-        LN1_W: randn(L, h, std=0.1, mean=norm_mean),
-        QKV: randn(L, qkv_rows, h, std=0.08),
-        PROJ: randn(L, h, spec.num_attention_heads * spec.head_dim, std=0.08),
-        LN2_W: randn(L, h, std=0.1, mean=norm_mean),
-        FC1: randn(L, 2 * f if spec.gated else f, h, std=0.08),
-        FC2: randn(L, h, f, std=0.06),
-        LNF_W: randn(h, std=0.1, mean=norm_mean),
-        OUTPUT: randn(v, h, std=0.05),
-        HEAD_W: randn(k, h, std=0.15),
-        HEAD_B: randn(k, std=0.1),
+        wt.EMBEDDING: randn(v, h, std=0.5),
+        wt.LN1_W: randn(L, h, std=0.1, mean=norm_mean),
+        wt.QKV: randn(L, qkv_rows, h, std=0.08),
+        wt.PROJ: randn(L, h, spec.num_attention_heads * spec.head_dim, std=0.08),
+        wt.LN2_W: randn(L, h, std=0.1, mean=norm_mean),
+        wt.FC1: randn(L, 2 * f if spec.gated else f, h, std=0.08),
+        wt.FC2: randn(L, h, f, std=0.06),
+        wt.LNF_W: randn(h, std=0.1, mean=norm_mean),
+        wt.OUTPUT: randn(v, h, std=0.05),
+        wt.HEAD_W: randn(k, h, std=0.15),
+        wt.HEAD_B: randn(k, std=0.1),
     }
     if spec.norm_bias:
-        t.update({LN1_B: randn(L, h, std=0.05), LN2_B: randn(L, h, std=0.05), LNF_B: randn(h, std=0.05)})
+        t.update({wt.LN1_B: randn(L, h, std=0.05), wt.LN2_B: randn(L, h, std=0.05), wt.LNF_B: randn(h, std=0.05)})
     return t
 
 

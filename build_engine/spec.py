@@ -5,24 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reward_triton import weights as wt
 from reward_triton.metadata import default_attributes
-from reward_triton.weights import (
-    EMBEDDING,
-    FC1,
-    FC2,
-    HEAD_B,
-    HEAD_W,
-    LN1_B,
-    LN1_W,
-    LN2_B,
-    LN2_W,
-    LNF_B,
-    LNF_W,
-    PROJ,
-    QKV,
-    Arch,
-    is_gated,
-)
+from reward_triton.weights import Arch, is_gated
 
 
 class SpecError(ValueError):
@@ -105,19 +90,19 @@ class ModelSpec:
         """Canonical name → shape (per layer for layer tensors) that the checkpoint must have."""
         h, f = self.hidden_size, self.ffn_hidden_size
         shapes: dict[str, tuple[int, ...]] = {
-            EMBEDDING: (self.vocab_size, h),
-            LN1_W: (h,),
-            QKV: (self.qkv_rows, h),
-            PROJ: (h, self.num_attention_heads * self.head_dim),
-            LN2_W: (h,),
-            FC1: (2 * f if self.gated else f, h),
-            FC2: (h, f),
-            LNF_W: (h,),
-            HEAD_W: (self.num_attributes, h),
-            HEAD_B: (self.num_attributes,),
+            wt.EMBEDDING: (self.vocab_size, h),
+            wt.LN1_W: (h,),
+            wt.QKV: (self.qkv_rows, h),
+            wt.PROJ: (h, self.num_attention_heads * self.head_dim),
+            wt.LN2_W: (h,),
+            wt.FC1: (2 * f if self.gated else f, h),
+            wt.FC2: (h, f),
+            wt.LNF_W: (h,),
+            wt.HEAD_W: (self.num_attributes, h),
+            wt.HEAD_B: (self.num_attributes,),
         }
         if self.has_norm_bias:
-            shapes.update({LN1_B: (h,), LN2_B: (h,), LNF_B: (h,)})
+            shapes.update({wt.LN1_B: (h,), wt.LN2_B: (h,), wt.LNF_B: (h,)})
         return shapes
 
     @classmethod
@@ -140,7 +125,7 @@ class ModelSpec:
             raise SpecError(
                 f"model_config.yaml: transformer_block_type '{cfg['transformer_block_type']}' is not supported"
             )
-        if cfg.get("share_embeddings_and_output_weights", False) and not weights.has(HEAD_W):
+        if cfg.get("share_embeddings_and_output_weights", False) and not weights.has(wt.HEAD_W):
             raise SpecError("model_config.yaml: tied embeddings without an rm_head are not a reward model")
 
         hidden = int(_get(cfg, "hidden_size"))
@@ -157,11 +142,11 @@ class ModelSpec:
         if cfg.get("bias", False):
             raise SpecError("model_config.yaml: bias: true (linear-layer biases) is not supported by this converter")
 
-        for name in (EMBEDDING, HEAD_W):
+        for name in (wt.EMBEDDING, wt.HEAD_W):
             if not weights.has(name):
                 raise SpecError(f"checkpoint: required tensor '{name}' is missing")
-        vocab = weights.shape(EMBEDDING)[0]
-        k = weights.shape(HEAD_W)[0]
+        vocab = weights.shape(wt.EMBEDDING)[0]
+        k = weights.shape(wt.HEAD_W)[0]
         reg = cfg.get("regression") or {}
         declared = reg.get("num_attributes")
         if declared is not None and int(declared) != k:
