@@ -12,9 +12,7 @@ import argparse
 import dataclasses
 import hashlib
 import io
-import os
 import random
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 import torch
 
+from build_engine.atomic import atomic_file
 from build_engine.nemo.writer import FORMATS, Format, model_config, write_nemo_checkpoint
 from reward_triton import weights as wt
 from reward_triton.weights import is_gated
@@ -82,10 +81,8 @@ def train_tokenizer(out_path: Path, vocab_size: int = TOKENIZER_VOCAB) -> Path:
         num_threads=1,
         minloglevel=2,
     )
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, out_path)
+    with atomic_file(out_path) as tmp:
+        tmp.write_bytes(model.getvalue())
     return out_path
 
 
