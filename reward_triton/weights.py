@@ -6,9 +6,10 @@ TensorRT-LLM name and the rule by which the converter cuts it per TensorRT-LLM r
 rank files back). Every reader and writer is driven by this table:
 - `build_engine/nemo/legacy.py` maps legacy keys to canonical names (`LEGACY`);
 - `build_engine/nemo/writer.py` shards canonical tensors as NeMo does (`Weight.nemo_split`, `legacy`);
-- `build_engine/convert.py` cuts each rank file (`rows`: which rows, for which architecture, by which `Rule`);
+- `build_engine/convert.py` cuts each rank file (`engine_rows`: which rows this architecture has, by which `Rule`);
 - `reward_triton/trtllm_checkpoint.py` joins the rank files into whole tensors (`join`).
-Adding an architecture variant is adding a row (with the `Needs` that selects it).
+Adding an architecture variant is adding a row (with the `Needs` that selects it). The table sits in the runtime
+package because the serving engine reads rank files by it, and the runtime never imports `build_engine`.
 
 Architecture facts are decided once here: `is_gated(activation)` and `Arch` (gated MLP, norm with bias, layernorm1p).
 """
@@ -16,7 +17,7 @@ Architecture facts are decided once here: `is_gated(activation)` and `Arch` (gat
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -253,8 +254,5 @@ def join(weight: Weight, read: Callable[[str], Shards], lay: TPLayout) -> torch.
 
 
 def stage_layer_names(weight: Weight, local: int) -> tuple[str, ...]:
+    """The row's TensorRT-LLM names for the layer with index `local` in its stage (or as they are, not a layer)."""
     return tuple(n.format(i=local) for n in weight.trtllm)
-
-
-def layer_rows(arch: Arch) -> Iterator[Weight]:
-    return (w for w in engine_rows(arch) if w.is_layer)
