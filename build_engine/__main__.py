@@ -31,7 +31,8 @@ def _lazy(module: str) -> Callable[[Sequence[str]], int]:
     """Subcommands living in their own modules, imported only when used (mpi4py, protobuf, ...)."""
 
     def run(argv: Sequence[str]) -> int:
-        return int(importlib.import_module(f"build_engine.{module}").main(list(argv)) or 0)
+        name = module if "." in module else f"build_engine.{module}"
+        return int(importlib.import_module(name).main(list(argv)) or 0)
 
     return run
 
@@ -42,6 +43,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "render-repository": _lazy("repository"),
     "build-engine": _lazy("trtllm_build"),
     "capacity": _lazy("capacity"),
+    "launch": _lazy("reward_triton.launcher"),  # the launcher lives with serving; kept here for existing scripts
 }
 
 

@@ -35,7 +35,10 @@ def commit_directory(tmp: Path, output: Path) -> None:
         old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(output, old)
         os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     else:
         os.replace(tmp, output)
 

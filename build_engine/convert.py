@@ -227,7 +227,6 @@ class RankPlanner:
 def tp_layout(spec: ModelSpec, layout: Layout, lm_head: str) -> TPLayout:
     return TPLayout(
         tp=layout.tp,
-        pp=layout.pp,
         num_heads=spec.num_attention_heads,
         num_kv_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,

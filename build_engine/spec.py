@@ -75,14 +75,6 @@ class ModelSpec:
         )
 
     @property
-    def gated(self) -> bool:
-        return self.arch.gated
-
-    @property
-    def has_norm_bias(self) -> bool:
-        return self.arch.norm_bias
-
-    @property
     def qkv_rows(self) -> int:
         return (self.num_attention_heads + 2 * self.num_kv_heads) * self.head_dim
 
@@ -95,13 +87,13 @@ class ModelSpec:
             wt.QKV: (self.qkv_rows, h),
             wt.PROJ: (h, self.num_attention_heads * self.head_dim),
             wt.LN2_W: (h,),
-            wt.FC1: (2 * f if self.gated else f, h),
+            wt.FC1: (2 * f if self.arch.gated else f, h),
             wt.FC2: (h, f),
             wt.LNF_W: (h,),
             wt.HEAD_W: (self.num_attributes, h),
             wt.HEAD_B: (self.num_attributes,),
         }
-        if self.has_norm_bias:
+        if self.arch.norm_bias:
             shapes.update({wt.LN1_B: (h,), wt.LN2_B: (h,), wt.LNF_B: (h,)})
         return shapes
 
@@ -113,6 +105,10 @@ class ModelSpec:
                 f"model_config.yaml: activation '{act_name}' is not supported (supported: {sorted(ACTIVATIONS)})"
             )
         activation = ACTIVATIONS[act_name]
+        if cfg.get("gated_linear_unit") and not is_gated(activation):
+            raise SpecError(
+                f"model_config.yaml: gated_linear_unit with activation '{act_name}' is not supported (use swiglu)"
+            )
         normalization = str(_get(cfg, "normalization", "layernorm"))
         if normalization not in NORMALIZATIONS:
             raise SpecError(

@@ -33,9 +33,8 @@ def parse_json(text: str | bytes) -> Any:
         value = decode_json(text)
     except JSONTextError as e:
         raise RecordError(str(e)) from None
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8")
-    if "\\u" in text:  # only a \u escape can spell a lone surrogate, which is not text (and cannot be sent)
+    escaped = b"\\u" in text if isinstance(text, bytes | bytearray) else "\\u" in text
+    if escaped:  # only a \u escape can spell a lone surrogate, which is not text (and cannot be sent)
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as e:

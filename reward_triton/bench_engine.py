@@ -179,6 +179,7 @@ def hf_model(shape: Shape, engine: TorchEngine) -> torch.nn.Module:
     q_rows, kv_rows, f = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.ffn
     sd = {"embed_tokens.weight": w.embedding, "norm.weight": norm(w.ln_f)}
     if not llama:
+        assert w.ln_f.bias is not None
         sd["norm.bias"] = w.ln_f.bias.to(dtype)
     for i, layer in enumerate(w.layers):
         p = f"layers.{i}."
@@ -198,6 +199,7 @@ def hf_model(shape: Shape, engine: TorchEngine) -> torch.nn.Module:
         ):
             sd[f"{p}{hf}.weight"] = norm(ours)
             if not llama:
+                assert ours.bias is not None
                 sd[f"{p}{hf}.bias"] = ours.bias
     model.load_state_dict(sd, strict=True, assign=True)
     with torch.device(device):  # non-persistent rotary buffers were built on meta: rebuild them for real

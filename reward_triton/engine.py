@@ -214,7 +214,7 @@ class TorchEngine:
         for start, end in chunks:
             xc = x[start:end]
             h = self._norm(xc, layer.post_layernorm)
-            if self.cfg.gated:
+            if self.cfg.arch.gated:
                 h = F.linear(h, layer.fc)
                 f = h.shape[-1] // 2
                 h = F.silu(h[:, :f]).mul_(h[:, f:])

@@ -3,7 +3,7 @@
 `execute(pb, stage, requests)` is what every model.py calls (`pb` is `triton_python_backend_utils`, passed in, so
 everything here is testable without a Triton process). A stage's `run(batch)` takes one dict of input arrays per
 request (absent optional inputs are None; arrays keep Triton's leading batch dim of 1) and returns, per request, a
-dict of output arrays or a `Failure` (`reward_triton.errors`: INVALID_ARG or INTERNAL for that request only).
+dict of output arrays or a `Failure` (below: INVALID_ARG or INTERNAL for that request only).
 Whatever one request does, it gets its own result: every request runs under `guarded`, and a failed batched
 engine forward is retried one sequence at a time so that only the sequence that fails gets the error.
 
@@ -98,7 +98,7 @@ class PostprocessStage:
 
     def scores_of(self, logits: np.ndarray) -> np.ndarray:
         """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
-        the reward position. A head that does not fit the engine's logits is a server fault (HeadError)."""
+        the reward position. A head that does not fit the engine's logits is a server fault (metadata.HeadError)."""
         arr = np.asarray(logits, dtype=np.float32)
         if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
             raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")

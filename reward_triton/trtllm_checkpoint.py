@@ -84,14 +84,9 @@ class EngineConfig:
     def arch(self) -> Arch:  # TensorRT-LLM's LayerNorm takes gamma as applied: no layernorm1p here
         return Arch(gated=is_gated(self.activation), norm_bias=self.norm != "rmsnorm")
 
-    @property
-    def gated(self) -> bool:
-        return self.arch.gated
-
     def tp_layout(self) -> TPLayout:
         return TPLayout(
             tp=self.tp,
-            pp=self.pp,
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim,
@@ -117,7 +112,7 @@ class RankFiles:
         for rank in range(cfg.tp * cfg.pp):
             path = self.directory / f"rank{rank}.safetensors"
             if not path.is_file():
-                raise CheckpointFormatError(f"{path}: rank file missing (config.json maps {cfg.tp * cfg.pp} ranks)")
+                raise FileNotFoundError(f"{path}: rank file missing (config.json maps {cfg.tp * cfg.pp} ranks)")
             with safe_open(str(path), framework="pt") as f:
                 self.ranks.append({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 - no __iter__
         self.stage_of: dict[int, tuple[int, int]] = {}  # global layer → (stage, local index)
@@ -153,10 +148,10 @@ class RankFiles:
         w = self.rows.get(name)
         if w is None:
             known = BY_NAME.get(name)
-            why = "is not in this architecture" if known and known.rule is not Rule.UNUSED else "is not a rank tensor"
+            why = "is not in this architecture" if known and known.trtllm else "is not a rank tensor"
             raise CheckpointFormatError(f"weight '{name}' {why}")
         if w.is_layer:
-            if layer not in self.stage_of:
+            if layer is None or layer not in self.stage_of:
                 raise CheckpointFormatError(f"layer {layer} outside the {self.cfg.num_layers} of config.json")
             stage, local = self.stage_of[layer]
         else:

@@ -160,20 +160,15 @@ def engine_rows(arch: Arch) -> list[Weight]:
 # ------------------------------------------------------------------------------------------------ split rules
 @dataclass(frozen=True)
 class TPLayout:
-    """What the cut and join rules need to know about the model and the TP×PP mapping."""
+    """What the cut and join rules need to know about the model and the tensor-parallel mapping."""
 
     tp: int
-    pp: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
     vocab_size: int
     parallel_embedding: bool = False
     compact_head: bool = False  # lm_head is [K, H] on every last-stage rank (PyTorch engine only)
-
-    def ranks(self, rank: int) -> tuple[int, int]:
-        """(tp_rank, pp_rank) of a global rank: ranks 0..tp-1 are stage 0."""
-        return rank % self.tp, rank // self.tp
 
     @property
     def kv_per_rank(self) -> int:

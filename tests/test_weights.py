@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from build_engine import convert, fixtures
 from build_engine.nemo.legacy import map_legacy_key
+from build_engine.nemo.writer import write_nemo_checkpoint
+from build_engine.spec import ModelSpec, SpecError
 from reward_triton import weights
 from reward_triton.engine import TorchEngine
 from reward_triton.trtllm_checkpoint import CheckpointFormatError
@@ -72,3 +76,38 @@ def test_an_unexpected_rank_tensor_fails_at_load_naming_it(converted: Path, tmp_
     broken = _edit_rank(converted, tmp_path / "extra", 0, add)
     with pytest.raises(CheckpointFormatError, match=r"rank0\.safetensors: unexpected tensors .*layers\.9"):
         TorchEngine.from_checkpoint(broken)
+
+
+VARIANTS = [("layernorm", "swiglu"), ("layernorm", "gelu"), ("layernorm1p", "fast-swiglu"), ("rmsnorm", "swiglu")]
+
+
+@pytest.mark.parametrize(("normalization", "activation"), VARIANTS)
+def test_architecture_variants_agree_across_layouts(normalization: str, activation: str, tmp_path: Path) -> None:
+    """Norm × MLP variants beyond the two oracle-checked families: every TP×PP layout (GQA replicated, parallel
+    embedding, compact head, legacy storage) scores like the unsharded conversion."""
+    spec = dataclasses.replace(fixtures.nemotron_spec(), normalization=normalization, activation=activation)
+    tok = fixtures.train_tokenizer(tmp_path / "tok.model", spec.tokenizer_vocab_size)
+    tensors = fixtures.fixture_tensors(spec, seed=7)
+    nemo = write_nemo_checkpoint(tmp_path / "nemo", fixtures.fixture_config(spec), tensors, tok, "legacy", tp=2, pp=2)
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (1, 9, 33)]
+    ref = TorchEngine.from_checkpoint(convert.convert(nemo, tmp_path / "ref", dtype="float32", progress=False))
+    want = ref.logits(seqs)[:, : spec.num_attributes]
+    for tp, pp, head, pe in [(2, 3, "padded", False), (4, 2, "compact", True), (8, 1, "padded", True)]:
+        out = convert.convert(nemo, tmp_path / f"tp{tp}pp{pp}", tp, pp, "float32", head, False, pe)
+        got = TorchEngine.from_checkpoint(out).logits(seqs)[:, : spec.num_attributes]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_gated_linear_unit_needs_a_gated_activation() -> None:
+    cfg = {**fixtures.fixture_config(fixtures.nemotron_spec()), "activation": "gelu", "gated_linear_unit": True}
+
+    class Shapes:
+        def has(self, name: str) -> bool:
+            return True
+
+        def shape(self, name: str) -> tuple[int, ...]:
+            return (9, 64)
+
+    with pytest.raises(SpecError, match="gated_linear_unit with activation 'gelu'"):
+        ModelSpec.from_nemo(cfg, Shapes())
