@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,6 +141,19 @@ class RewardMetadata:
 
     def tokenizer_path(self, directory: str | os.PathLike[str]) -> Path:
         return Path(directory) / self.tokenizer_file
+
+    @classmethod
+    def copy(cls, source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        """Put the metadata and the tokenizer of `source` (a converted checkpoint) next to an engine in `target`:
+        the stages read both from the directory that holds the engine."""
+        meta = cls.load(source)
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for name in (METADATA_FILE, meta.tokenizer_file):
+            src, dst = Path(source) / name, Path(target) / name
+            if not src.is_file():
+                raise MetadataError(f"{src}: missing (the converter writes it next to config.json)")
+            if src.resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
 
 
 # ---- the prompt template ---------------------------------------------------------------------------------------
