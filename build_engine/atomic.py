@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def partial_path(output: Path) -> Path:
-    """A fresh hidden sibling name `.NAME.partial-XXXXXXXX` of `output` (nothing is created)."""
+    """A fresh hidden sibling name `.NAME.partial-<8 hex digits>` of `output` (nothing is created)."""
     return output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
 
 
