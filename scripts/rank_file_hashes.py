@@ -1,6 +1,6 @@
 """Hash every file a conversion writes, for checking that a refactor changes no byte.
 
-    python scripts/rank_file_hashes.py OUT_DIR       # fixtures + conversions under OUT_DIR, hashes in OUT_DIR/hashes.json
+    python scripts/rank_file_hashes.py OUT_DIR   # fixtures + conversions under OUT_DIR, hashes in OUT_DIR/hashes.json
     python scripts/rank_file_hashes.py --compare A.json B.json
 
 Six fixtures (Nemotron / Llama × zarr, torch_dist, legacy; TP 1-2, PP 1-2) are written with the NeMo writer and
