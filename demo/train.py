@@ -44,7 +44,7 @@ from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES  #
 
 TOKENIZER_NAME = "demo_tokenizer.model"
 SPECIAL_SYMBOLS = ["<extra_id_0>", "<extra_id_1>", "<extra_id_2>", "\n"]
-NUMBER_SYMBOLS = [str(i) for i in range(100)]  # every value in the tasks is one token
+DIGIT_SYMBOLS = [str(i) for i in range(10)]  # every digit is one token, never merged with a space or a neighbour
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
@@ -84,7 +84,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> bytes:
         model_writer=buf,
         vocab_size=vocab_size,
         model_type="bpe",
-        user_defined_symbols=SPECIAL_SYMBOLS + NUMBER_SYMBOLS,
+        user_defined_symbols=SPECIAL_SYMBOLS + DIGIT_SYMBOLS,
         byte_fallback=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
@@ -216,10 +216,18 @@ def heldout_sets(n_pairs: int = 300, n_series: int = 40) -> dict[str, Any]:
 def heldout_metrics(score: Any, sets: dict[str, Any]) -> dict[str, float]:
     """score(list[conversation]) -> list[dict attribute -> float, 'reward']; returns the headline metrics."""
 
+    def pair_wins(pairs: list, attr: str) -> list[bool]:
+        s = score([e.conversation for p in pairs for e in p])
+        return [s[2 * i][attr] > s[2 * i + 1][attr] for i in range(len(pairs))]
+
     def pair_acc(pairs: list, attr: str) -> float:
-        flat = [e.conversation for p in pairs for e in p]
-        s = score(flat)
-        return sum(s[2 * i][attr] > s[2 * i + 1][attr] for i in range(len(pairs))) / len(pairs)
+        return sum(pair_wins(pairs, attr)) / len(pairs)
+
+    wins = pair_wins(sets["correctness"], "correctness")
+    per_task = {}
+    for task in data.TASKS:
+        mine = [w for w, (right, _) in zip(wins, sets["correctness"], strict=True) if right.meta["task"] == task]
+        per_task[f"right>wrong correctness {task}"] = sum(mine) / max(1, len(mine))
 
     series = sets["verbosity"]
     flat = [e for row in series for e in row]
@@ -231,7 +239,8 @@ def heldout_metrics(score: Any, sets: dict[str, Any]) -> dict[str, float]:
         per_series.append(spearman(words[i : i + len(row)], verb[i : i + len(row)]))
         i += len(row)
     return {
-        "right>wrong correctness": pair_acc(sets["correctness"], "correctness"),
+        "right>wrong correctness": sum(wins) / len(wins),
+        **per_task,
         "right>wrong reward": pair_acc(sets["correctness"], "reward"),
         "fluent>shuffled coherence": pair_acc(sets["coherence"], "coherence"),
         "fluent>shuffled reward": pair_acc(sets["coherence"], "reward"),
@@ -479,6 +488,9 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         for s in range(args.fact_steps):
             chunk = encoded_dialogues[s * args.fact_batch : (s + 1) * args.fact_batch]
             trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
+            if args.eval_every and s and s % args.eval_every == 0:
+                print(f"  facts: {json.dumps(fact_accuracy(model, sp))}", flush=True)
+                model.train()
         if cache:
             state = {"model": model.state_dict(), "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict()}
             torch.save(state, cache)
@@ -520,14 +532,15 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
 
 
 def fact_accuracy(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, n: int = 60) -> dict[str, float]:
-    """Greedy next-token accuracy of the value in "The answer is {value}." per task (teacher-forced)."""
+    """Greedy next-token accuracy of the value in "The answer is {value}." per task (teacher-forced), on held-out
+    questions (phrasings and operand pairs that training never uses)."""
     model.eval()
     rng = random.Random(5)
     out = {}
-    for task in ("add", "mul", "capital"):
+    for task in data.TASKS:
         ok = 0
         for _ in range(n):
-            qa = data.make_qa(rng, task=task, request="none")
+            qa = data.make_qa(rng, task=task, request="none", heldout=True)
             conv = data.conversation("", [], qa.question, "The answer is " + qa.right + ".")
             ids = list(sp.encode(data.render(conv)))
             head = len(sp.encode(data.render(data.conversation("", [], qa.question, "The answer is")))) - 2

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,46 @@ def test_heldout_sets_never_appear_in_training() -> None:
     held = [e for p in data.correctness_pairs(300) + data.coherence_pairs(300) + data.complexity_pairs(150) for e in p]
     held += [e for row in data.verbosity_series(40) for e in row]
     assert held and not [e for e in held if data.render(e.conversation) in seen]
+
+
+def _template_regex(templates: list[str]) -> re.Pattern[str]:
+    """Any of the templates, with {a} {b} {r} as numbers and {c} {r} as words."""
+    alts = []
+    for t in templates:
+        x = re.escape(t)
+        for name, pat in (("a", r"\d+"), ("b", r"\d+"), ("c", r"[A-Za-z ]+"), ("r", r"[A-Za-z0-9 ]+")):
+            x = x.replace(re.escape("{" + name + "}"), pat)
+        alts.append(x)
+    return re.compile("|".join(f"(?:{a})" for a in alts))
+
+
+def test_heldout_templates_and_operands_never_occur_in_training() -> None:
+    """Read from the rendered training text: no question or answer in a held-out template, no held-out operand
+    pair (held-out products only as the mirror image of a trained one)."""
+    training = data.training_set(DEFAULTS["examples"])
+    training += data.fact_dialogues(DEFAULTS["fact_steps"] * DEFAULTS["fact_batch"] // 4)
+    training += data.check_dialogues(DEFAULTS["check_steps"] * DEFAULTS["check_batch"] // 4)
+    held_q = _template_regex([q for t in data.TASKS for q in data.QUESTIONS[(t, True)]])
+    held_a = _template_regex([a for t in data.TASKS for s in data.STYLES for a in data.ANSWERS[t][s][1]])
+    suffixes = tuple(r for rs in data.REQUESTS.values() for r in rs if r)
+    ops = {"add": ("+", "plus", "add", "sum"), "sub": ("-", "minus", "subtract", "take away", "difference")}
+    counts = {"add": 0, "sub": 0}
+    for ex in training:
+        for turn in ex.conversation["conversations"]:
+            text = turn["value"]
+            if turn["from"] == "User":
+                q = next((text[: -len(s)] for s in suffixes if text.endswith(s)), text)
+                assert not held_q.fullmatch(q), q
+                nums = [int(n) for n in re.findall(r"\d+", q)]
+                task = next((t for t, words in ops.items() if any(w in q.lower() for w in words)), None)
+                if task and len(nums) == 2:
+                    a, b = (max(nums), min(nums)) if task == "sub" else nums
+                    assert not data.is_heldout_pair(task, a, b), q
+                    counts[task] += 1
+            else:
+                assert not held_a.search(text), text
+    assert min(counts.values()) > 1000
+    assert all(not data.is_heldout_pair("mul", b, a) for a, b in data.PAIRS[("mul", True)])
 
 
 def test_heldout_labels_follow_the_rules() -> None:
