@@ -3,7 +3,7 @@
 Parameters live directly under the canonical NeMo names and shapes of docs/design.md (layer tensors stacked
 with a leading `num_layers` axis, as in the distributed checkpoint), so exporting is `model.nemo_tensors()`.
 
-Math (see /work/shared/reference/nemo-checkpoints.md):
+Math (the canonical layout is in docs/design.md):
 - pre-LN decoder: x + attn(ln1(x)); x + mlp(ln2(x)); final LayerNorm;
 - layernorm1p: norm(x) * (1 + w) + b;
 - fused grouped QKV rows per query group g: [q_{g,0} .. q_{g,hpg-1}, k_g, v_g], hd rows each;

@@ -33,6 +33,7 @@ class ServerFault(RuntimeError):
 class Failure:
     message: str
     invalid_request: bool  # True: INVALID_ARG (the client's mistake); False: INTERNAL (ours)
+    retryable: bool = False  # UNAVAILABLE: the server is busy or restarting, the same request may succeed later
 
     @classmethod
     def of(cls, error: BaseException) -> Failure:

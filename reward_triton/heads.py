@@ -23,7 +23,10 @@ def scores(logits: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:
     k = meta.num_attributes
     if arr.ndim == 0 or arr.shape[-1] < k:
         raise HeadError(f"logits have shape {list(arr.shape)}, need a last dimension of at least {k} (the head)")
-    return arr[..., :k] + np.asarray(meta.head_bias, dtype=np.float32)
+    head = arr[..., :k]
+    if not np.isfinite(head).all():
+        raise HeadError("the engine returned non-finite reward logits (NaN or Inf)")
+    return head + np.asarray(meta.head_bias, dtype=np.float32)
 
 
 def reward(attribute_scores: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:

@@ -13,8 +13,8 @@ Outputs: `rewards` FP32 [B, K] (K = 1 for a one-output model) and `exceeded` INT
 The engine (`tensorrt_llm`, TensorRT-LLM's in-flight batcher or the PyTorch engine) takes one unpadded sequence per
 request, so the Triton model (model_repository/reward_model/1/model.py, through `triton_adapter.execute_fanout`)
 validates every row here (`rows`: any bad row rejects the whole request, nothing is scored), sends each row to the
-engine as its own request, concurrently, and turns the gathered logits into rewards with the postprocessing
-stage's head code (`finish`).
+engine as its own request, concurrently, turns each answer's logits into scores with the postprocessing stage's
+head code (`head.scores_of`) and assembles the outputs (`finish`).
 """
 
 from __future__ import annotations
@@ -146,9 +146,9 @@ class RewardModelStage:
         return Rows(sequences, exceeded)
 
     # ---- the gathered engine logits → outputs ----
-    def finish(self, rows: Rows, logits: Sequence[np.ndarray]) -> Outputs:
-        """Per-row `generation_logits` ([1, beams, out_len, V] each) → rewards [B, K] and exceeded [B, 1]."""
-        scores = [self.head.scores_of(row) for row in logits]
+    def finish(self, rows: Rows, scores: Sequence[np.ndarray]) -> Outputs:
+        """Per-row scores ([1, K] each, `self.head.scores_of` of the row's `generation_logits`, taken as each engine
+        answer arrives so its full-vocab logits are not kept) → rewards [B, K] and exceeded [B, 1]."""
         return {
             "rewards": np.concatenate(scores, axis=0).astype(np.float32),
             "exceeded": np.asarray(rows.exceeded, dtype=np.int32)[:, None],

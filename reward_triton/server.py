@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reward_triton.supervisor import default_shm_prefix, shm_prefix, supervise
+
 REAL_TRITON = Path("/opt/tritonserver/bin/tritonserver")
 OVERRIDE_ENV = "REWARD_TRITON_SERVER"
 MMAP_THRESHOLD = 1 << 20
@@ -132,12 +134,12 @@ def bounded_memory(args: list[str], env: dict[str, str]) -> None:
         env["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}"]))
     if not any(a.startswith("--grpc-infer-allocation-pool-size") for a in args):
         args.append("--grpc-infer-allocation-pool-size=0")
+    if shm_prefix(args) is None:  # a prefix of ours, so that a later start can clean up after this one
+        args.append(f"--backend-config=python,shm-region-prefix-name={default_shm_prefix()}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`tritonserver ARGS`: the server under `reward_triton.supervisor` (restarts it when it or a stub dies)."""
-    from reward_triton.supervisor import supervise
-
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cmd, env = server_command(args)

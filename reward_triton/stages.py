@@ -70,8 +70,8 @@ class PostprocessStage:
         """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
         the reward position. A head that does not fit the engine's logits is a server fault (HeadError)."""
         arr = np.asarray(logits, dtype=np.float32)
-        if arr.ndim == 0 or arr.size == 0:
-            raise RequestError(f"input 'generation_logits' has shape {list(arr.shape)}: no logits")
+        if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
+            raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")
         last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
         return heads.scores(last, self.meta)
 
@@ -155,17 +155,18 @@ class EngineStage:
 
     def _forward(self, seqs: list[list[int]]) -> np.ndarray:
         logits = np.asarray(self.engine.logits(seqs).float().cpu().numpy(), dtype=np.float32)
-        if logits.shape[0] != len(seqs) or not np.isfinite(logits).all():
-            raise ServerFault(f"the engine returned logits of shape {list(logits.shape)} with non-finite values")
+        if logits.shape[0] != len(seqs):  # non-finite reward logits are caught by the head (heads.scores)
+            raise ServerFault(f"the engine returned logits of shape {list(logits.shape)} for {len(seqs)} sequences")
         return logits
 
     def _logits(self, seqs: list[list[int]]) -> list[np.ndarray | Failure]:
         """One batched forward; if it fails, each sequence alone, so a failure stays with the sequence causing it."""
         try:
             return list(self._forward(seqs))
-        except Exception:
+        except Exception as e:
             if len(seqs) == 1:
-                return [guarded(lambda: self._forward(seqs)[0])]
+                log.exception("engine forward failed")
+                return [Failure.of(e)]
             log.exception("batched engine forward failed; retrying the %d sequences one at a time", len(seqs))
             return [guarded(lambda seq=seq: self._forward([seq])[0]) for seq in seqs]
 

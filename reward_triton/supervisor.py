@@ -10,7 +10,7 @@ point therefore runs the server as a child in its own process group and watches 
   to 30 s, reset after 30 s of health). While it restarts its endpoints are closed, so readiness probes fail;
   in-flight requests fail with UNAVAILABLE or INTERNAL "... not healthy", which clients retry.
 - a server that exits before it was ever ready (a bad repository, a port in use) is not restarted: its exit status
-  is returned, as a plain tritonserver would.
+  is returned, as a plain tritonserver would. Once it has served, every later failure is restarted (backoff).
 - with `restart=False` (set by the multi-node launcher through REWARD_TRITON_RESTART=0: an MPI rank cannot rejoin
   its job alone), a fault ends this process with a non-zero status instead, so that mpirun stops the whole job;
   the launcher runs mpirun under the same supervisor (`watch_stubs=False`) and restarts the whole job.
@@ -37,11 +37,23 @@ from pathlib import Path
 
 STUB = "triton_python_backend_stub"
 SHM_DIR = Path("/dev/shm")
-DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
-# python-backend region names: a prefix (Triton's default, the launcher's `prefixN_`, the test harness's `rtPID_...`)
-# followed by a uuid4
+# The python-backend region prefixes this project gives its servers (the entry point's `rtsvUID_`, the launcher's
+# `prefixN_`, the test harness's `rtPID_HEX_`), each followed by a uuid4 in a region's name. Only these are cleaned
+# up: Triton's default prefix may belong to a server in another container sharing /dev/shm (docker --ipc=host),
+# whose processes this one cannot see.
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_KNOWN_PREFIXES = (re.escape(DEFAULT_SHM_PREFIX), r"prefix\d+_", r"rt\d+_(?:[0-9a-f]{8}_)?")
+_KNOWN_PREFIXES = (r"rtsv\d+_", r"prefix\d+_", r"rt\d+_(?:[0-9a-f]{8}_)?")
+
+
+def default_shm_prefix() -> str:
+    return f"rtsv{os.getuid()}_"
+
+
+def _ours(region: str, prefixes: Sequence[str] = ()) -> bool:
+    pattern = "(?:" + "|".join([*_KNOWN_PREFIXES, *map(re.escape, prefixes)]) + f"){_UUID}"
+    return re.fullmatch(pattern, region) is not None
+
+
 POLL_S = 0.2
 BACKOFF_S = (0.5, 30.0)
 HEALTHY_RESET_S = 30.0
@@ -104,6 +116,7 @@ class Stub:
     pid: int
     model: str  # the model's directory name (<repository>/<model>/<version>/model.py)
     parent: int
+    region: str  # its shared-memory region's name
 
     @classmethod
     def of(cls, pid: int) -> Stub | None:
@@ -115,16 +128,17 @@ class Stub:
         except ValueError:
             return None
         parts = Path(argv[1]).parts
-        return cls(pid, parts[-3] if len(parts) >= 3 else argv[1], parent)
+        return cls(pid, parts[-3] if len(parts) >= 3 else argv[1], parent, argv[2])
 
 
 # ---- clean-up of what a dead server left behind ------------------------------------------------------------------
-def kill_orphaned_stubs() -> list[int]:
-    """SIGKILL this user's stubs whose tritonserver is gone (they outlive it and ignore SIGTERM)."""
+def kill_orphaned_stubs(prefixes: Sequence[str] = ()) -> list[int]:
+    """SIGKILL this user's stubs of this project's servers (by region prefix) whose tritonserver is gone (they
+    outlive it and ignore SIGTERM)."""
     killed = []
     for pid in _own_pids():
         stub = Stub.of(pid)
-        if stub is None or not alive(pid):
+        if stub is None or not alive(pid) or not _ours(stub.region, prefixes):
             continue
         parent_argv = argv_of(stub.parent)
         if alive(stub.parent) and parent_argv and "tritonserver" in Path(parent_argv[0]).name:
@@ -158,9 +172,8 @@ def _in_use(directory: Path) -> set[str]:
 
 def remove_stale_regions(prefixes: Sequence[str] = (), shm_dir: Path = SHM_DIR) -> list[str]:
     """Remove python-backend regions (known prefixes + uuid) of this user that no process maps or holds open."""
-    pattern = re.compile("(?:" + "|".join([*_KNOWN_PREFIXES, *map(re.escape, prefixes)]) + f"){_UUID}")
     try:
-        names = [p.name for p in shm_dir.iterdir() if pattern.fullmatch(p.name) and p.stat().st_uid == os.getuid()]
+        names = [p.name for p in shm_dir.iterdir() if _ours(p.name, prefixes) and p.stat().st_uid == os.getuid()]
     except OSError:
         return []
     if not names:
@@ -178,7 +191,7 @@ def remove_stale_regions(prefixes: Sequence[str] = (), shm_dir: Path = SHM_DIR) 
 
 
 def clean_up(prefixes: Sequence[str] = ()) -> None:
-    killed = kill_orphaned_stubs()
+    killed = kill_orphaned_stubs(prefixes)
     if killed:
         log(f"killed {len(killed)} python backend stub(s) left by a dead server: {killed}")
         time.sleep(0.2)  # let the kernel drop their mappings
@@ -264,6 +277,7 @@ class Supervisor:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _stopping: int = 0  # the signal we were asked to stop with
+    _ready_at: float | None = None  # when the current server became ready
     _stubs: dict[int, Stub] = field(default_factory=dict)
 
     @property
@@ -277,7 +291,10 @@ class Supervisor:
     def _start(self) -> None:
         self._clean_up()
         self._stubs = {}
+        self._ready_at = None
         self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent)
+        if self._stopping:  # asked to stop while starting: pass it on
+            self._on_signal(self._stopping, None)
 
     def _kill_group(self) -> None:
         assert self.proc is not None
@@ -308,16 +325,19 @@ class Supervisor:
             del self._stubs[stub.pid]
         return gone
 
-    def _dead_stub(self) -> Stub | None:
-        """A stub of this server that died while its model is still loaded (a fault), or None."""
+    def _dead_stub(self, ready_once: bool) -> Stub | None:
+        """A stub of this server that died while Triton lists its model as loaded (a fault), or None.
+
+        Stubs come and go while models load (config auto-complete runs one), before the endpoint answers; once it
+        does, the model index tells a dead instance from one unloaded on purpose (model control)."""
         gone = self._scan()
         if not gone:
             return None
         loaded = loaded_models(self.endpoint)
         for stub in gone:
-            if loaded is None or stub.model in loaded:
+            if (loaded is None and ready_once) or (loaded is not None and stub.model in loaded):
                 return stub
-        return None  # unloaded on purpose (model control) : not a fault
+        return None
 
     def _is_ready(self, started: float) -> bool:
         if self.endpoint is None:
@@ -325,30 +345,28 @@ class Supervisor:
         return _http(self.endpoint, "/v2/health/ready")[0] == 200
 
     def _watch(self) -> str | None:
-        """Run until the server stops (None: on request, or it exited by itself before ever being ready) or a fault
-        (its description)."""
+        """Run until the server stops (None: on request, or a first start that exited before ever being ready) or a
+        fault (its description). Once it has served, a restart that fails before readiness is a fault too."""
         assert self.proc is not None
         started = time.monotonic()
         ready_once = False
         while True:
             code = self.proc.poll()
             if code is not None:
-                if self._stopping or not ready_once:
+                if self._stopping or not (ready_once or self.restarts):
                     return None
                 return f"{Path(self.cmd[0]).name} exited with status {code}"
-            if self._stopping:
-                pass
-            elif not ready_once:  # stubs come and go while models load (config auto-complete runs one)
-                if self.watch_stubs:
-                    self._scan()  # track them from the start, so one that dies right after readiness is seen
-                if self._is_ready(started):
-                    ready_once = True
-                    if self.restarts:
-                        log(f"serving again (restart {self.restarts})")
-            elif self.watch_stubs:
-                stub = self._dead_stub()
+            if self._stopping:  # `run` waits for the exit, up to the stop timeout
+                return None
+            if self.watch_stubs:  # tracked from the start, so one that dies as readiness comes is seen too
+                stub = self._dead_stub(ready_once)
                 if stub is not None:
                     return f"the python backend stub of model '{stub.model}' (pid {stub.pid}) died"
+            if not ready_once and self._is_ready(started):
+                ready_once = True
+                self._ready_at = time.monotonic()
+                if self.restarts:
+                    log(f"serving again (restart {self.restarts})")
             time.sleep(POLL_S)
 
     def _stop_timeout(self) -> float:
@@ -360,7 +378,6 @@ class Supervisor:
         delay = BACKOFF_S[0]
         while True:
             self._start()
-            began = time.monotonic()
             fault = self._watch()
             assert self.proc is not None
             if fault is None:  # stopped on request, or never came up
@@ -376,7 +393,7 @@ class Supervisor:
                 log(f"{fault}: stopping ({RESTART_ENV}=0)")
                 self._clean_up()
                 return 1
-            if time.monotonic() - began > HEALTHY_RESET_S:
+            if self._ready_at is not None and time.monotonic() - self._ready_at > HEALTHY_RESET_S:
                 delay = BACKOFF_S[0]
             self.restarts += 1
             log(f"{fault}: restarting {Path(self.cmd[0]).name} in {delay:.1f} s (restart {self.restarts})")

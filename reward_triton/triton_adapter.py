@@ -38,6 +38,8 @@ def _inputs(pb: Any, stage: Stage | RewardModelStage, request: Any) -> Inputs:
 
 def error_response(pb: Any, failure: Failure) -> Any:
     code = pb.TritonError.INVALID_ARG if failure.invalid_request else pb.TritonError.INTERNAL
+    if failure.retryable:
+        code = getattr(pb.TritonError, "UNAVAILABLE", code)
     return pb.InferenceResponse(error=pb.TritonError(failure.message, code))
 
 
@@ -62,52 +64,53 @@ def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
 
 
 # ---- fan-out (BLS): one request of B rows → B concurrent engine requests ------------------------------------------
+MAX_ROWS_IN_FLIGHT = 256  # per execute(): bounds the engine responses (full-vocab logits) held in shared memory
+
+
 def _engine_failure(pb: Any, response: Any, row: int) -> Failure | None:
-    """The engine's answer for one row as a Failure, None when it succeeded."""
-    if isinstance(response, BaseException):
-        return Failure(f"row {row}: the engine request failed: {type(response).__name__}: {response}", False)
+    """The engine's answer for one row as a Failure, None when it succeeded. The engine's INVALID_ARG and
+    UNAVAILABLE (e.g. its queue is full) keep their kind; anything else is INTERNAL."""
     if not response.has_error():
         return None
     error = response.error()
     code = error.code() if hasattr(error, "code") else None
     invalid = code is not None and code == pb.TritonError.INVALID_ARG
-    return Failure(f"row {row}: {error.message()}", invalid)
+    unavailable = code is not None and code == getattr(pb.TritonError, "UNAVAILABLE", object())
+    return Failure(f"row {row}: {error.message()}", invalid, retryable=unavailable)
 
 
 async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[Any]) -> list[Any]:
-    """`reward_model`: validate each request's rows (`stage.rows`), send every row of every request to the engine
-    at once (`async_exec`), and build each request's outputs from its rows' logits (`stage.finish`). A request with
-    a bad row is rejected whole; an engine failure fails only the request whose row it was (INTERNAL)."""
-    prepared = [guarded(lambda r=r: stage.rows(_inputs(pb, stage, r))) for r in requests]
-    calls = []
-    for rows in prepared:
-        if isinstance(rows, Failure):
-            continue
-        for i in range(len(rows.sequences)):
+    """`reward_model`: validate each request's rows (`stage.rows`), send the rows of every request to the engine
+    concurrently (`async_exec`, at most MAX_ROWS_IN_FLIGHT at a time), reduce each answer to its scores as it
+    arrives, and build each request's outputs (`stage.finish`). A request with a bad row is rejected whole; an engine
+    failure fails only the request whose row it was."""
+    slots = asyncio.Semaphore(MAX_ROWS_IN_FLIGHT)
+
+    async def score(rows: Rows, i: int) -> Any:
+        async with slots:
             tensors = [pb.Tensor(name, array) for name, array in rows.engine_inputs(i).items()]
             request = pb.InferenceRequest(
                 model_name=ENGINE_MODEL, inputs=tensors, requested_output_names=[ENGINE_OUTPUT]
             )
-            calls.append(request.async_exec())
-    answers = iter(await asyncio.gather(*calls, return_exceptions=True))
-    responses = []
-    for rows in prepared:
+            response = await request.async_exec()
+            failure = _engine_failure(pb, response, i)
+            if failure is not None:
+                return failure
+            return stage.head.scores_of(pb.get_output_tensor_by_name(response, ENGINE_OUTPUT).as_numpy())
+
+    async def one(rows: Rows | Failure) -> Any:
         if isinstance(rows, Failure):
-            responses.append(error_response(pb, rows))
-            continue
-        mine = [next(answers) for _ in rows.sequences]
-        failures = [f for i, a in enumerate(mine) if (f := _engine_failure(pb, a, i)) is not None]
-        if failures:
-            responses.append(error_response(pb, failures[0]))
-            continue
-
-        def finish(rows: Rows = rows, mine: list[Any] = mine) -> dict[str, Any]:
-            logits = [pb.get_output_tensor_by_name(a, ENGINE_OUTPUT).as_numpy() for a in mine]
-            return stage.finish(rows, logits)
-
-        result = guarded(finish)
+            return error_response(pb, rows)
+        answers = await asyncio.gather(*(score(rows, i) for i in range(len(rows.sequences))), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                return error_response(pb, Failure.of(answer))
+            if isinstance(answer, Failure):
+                return error_response(pb, answer)
+        result = guarded(lambda: stage.finish(rows, answers))
         if isinstance(result, Failure):
-            responses.append(error_response(pb, result))
-        else:
-            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()]))
-    return responses
+            return error_response(pb, result)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()])
+
+    prepared = [guarded(lambda r=r: stage.rows(_inputs(pb, stage, r))) for r in requests]
+    return list(await asyncio.gather(*(one(rows) for rows in prepared)))

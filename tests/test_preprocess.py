@@ -215,6 +215,8 @@ def test_heads_and_postprocess(model_dir: Path) -> None:
     np.testing.assert_allclose(heads.reward(s, meta), [-1.0, -2.0])
     with pytest.raises(heads.HeadError):
         heads.scores(np.zeros((1, 2)), meta)
+    with pytest.raises(heads.HeadError, match="non-finite"):  # a broken engine never yields a NaN reward
+        heads.scores(np.array([[0.0, np.nan, 0.0, 0.0]]), meta)
     post = PostprocessStage(model_dir)
     out, short, missing = post.run(
         [{"generation_logits": logits[0].reshape(1, 1, 1, 4)}, {"generation_logits": np.zeros((1, 1, 1, 2))}, {}]
