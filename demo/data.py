@@ -676,6 +676,40 @@ def fact_dialogues(n: int, seed: int = TRAIN_SEED + 1, turns: int = 6) -> list[E
     return out
 
 
+ARITH_SEPARATORS = ["=", " = ", " is ", " equals "]
+ArithItem = tuple[str, str, tuple[int, int], bool]  # prompt, answer, value span in the answer, value is right
+
+
+def arith_items(
+    n: int, seed: int = TRAIN_SEED + 3, compact: float = 0.5, wrong: float = 0.5, rng: random.Random | None = None
+) -> list[ArithItem]:
+    """n short items for the arithmetic phase: the model learns two-digit sums and differences and the times table,
+    and to check a stated value, before it sees a whole conversation.
+
+    A `compact` share are bare equations ("47+38=", "14 minus 9 is ") followed by the value; the rest are one
+    exchange in the prompt template (training question phrasings, a bare value or a one-sentence answer, no system
+    turn). A `wrong` share state a wrong value (mostly a near miss). Training operand pairs and templates only.
+    `rng` (instead of `seed`) continues a stream."""
+    rng = rng or random.Random(seed)
+    t = PromptTemplate()
+    out = []
+    for _ in range(n):
+        short = rng.random() < compact
+        qa = make_qa(rng, request="none", weights=(4, 4, 2, 0) if short else CHECK_TASK_WEIGHTS)
+        right = rng.random() >= wrong
+        value = qa.right if right else qa.wrong_value(rng)
+        if short:
+            prompt = rng.choice(EXPRESSIONS[qa.task]).format(**qa.values) + rng.choice(ARITH_SEPARATORS)
+            out.append((prompt, value, (0, len(value)), right))
+            continue
+        style = rng.choices(["direct", "sentence"], weights=[1, 1])[0]
+        k = pick_template(rng, qa, style, heldout=False)
+        text = qa.phrase(style, k, value)
+        prompt = t.user.format(qa.question) + t.assistant.format("")[:-1]
+        out.append((prompt, text + "\n", value_span(qa, style, k, value, text), right))
+    return out
+
+
 def check_dialogues(n: int, seed: int = TRAIN_SEED + 2, turns: tuple[int, ...] = (1, 2, 3)) -> list[Example]:
     """n dialogues (n even) in twin pairs: each exchange is answered rightly in one twin and wrongly in the
     other (same phrasing and extra sentences), and every answer carries a correctness check. Dense in checks,

@@ -48,6 +48,10 @@ DIGIT_SYMBOLS = [str(i) for i in range(10)]  # every digit is one token, never m
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
+    "arith_steps": 1500,
+    "arith_batch": 512,
+    "arith_compact": 0.9,
+    "arith_wrong": 0.5,
     "examples": 20000,
     "tokenizer_examples": 20000,
     "vocab": 1200,
@@ -150,6 +154,19 @@ def encode_example(sp: spm.SentencePieceProcessor, ex: data.Example) -> tuple[li
     return ids, lm, corr
 
 
+def encode_item(sp: spm.SentencePieceProcessor, item: data.ArithItem) -> tuple[list[int], list[bool], list[float]]:
+    """A short arithmetic item (`data.arith_items`): next-token targets on the answer's tokens when the value is
+    right; the correctness target from the value's last token to the end."""
+    prompt, answer, (_, end), right = item
+    head = list(sp.encode(prompt))
+    ids = list(sp.encode(prompt + answer))
+    upto = len(sp.encode(prompt + answer[:end]))
+    if ids[: len(head)] != head or ids[:upto] != list(sp.encode(prompt + answer[:end])):
+        raise AssertionError(f"prompt tokens are not a prefix: {prompt!r} + {answer!r}")
+    corr = [math.nan] * (upto - 1) + [4.0 if right else 0.0] * (len(ids) - upto + 1)
+    return ids, [right and j >= len(head) for j in range(len(ids))], corr
+
+
 def fact_token_ids(sp: spm.SentencePieceProcessor) -> set[int]:
     """Ids of the pieces that carry facts (numbers, capital names): their next-token loss is up-weighted."""
     ids = {i for i in range(sp.get_piece_size()) if sp.id_to_piece(i).lstrip("▁").isdigit()}
@@ -179,6 +196,22 @@ def make_batches(
         rng.shuffle(epoch)
         out += epoch
     return out[:steps]
+
+
+def arith_batches(sp: spm.SentencePieceProcessor, args: argparse.Namespace) -> Any:
+    """The arithmetic phase's batches, generated as they are needed (data.arith_items, one seeded stream): windows
+    of 20 batches are sorted by length (bare equations and exchanges are not padded to each other), then shuffled."""
+    rng = random.Random(data.TRAIN_SEED + 3)
+    done = 0
+    while done < args.arith_steps:
+        n = min(20, args.arith_steps - done)
+        raw = data.arith_items(n * args.arith_batch, compact=args.arith_compact, wrong=args.arith_wrong, rng=rng)
+        items = [encode_item(sp, it) for it in raw]
+        items.sort(key=lambda c: len(c[0]))
+        batches = [items[k * args.arith_batch : (k + 1) * args.arith_batch] for k in range(n)]
+        rng.shuffle(batches)
+        yield from batches
+        done += n
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
@@ -341,7 +374,7 @@ class Trainer:
 
     def __init__(self, model: TinyNemotronReward, args: argparse.Namespace, lm_token_weight: torch.Tensor) -> None:
         self.model, self.args, self.lm_token_weight = model, args, lm_token_weight
-        self.total = args.fact_steps + args.check_steps + args.steps
+        self.total = args.arith_steps + args.fact_steps + args.check_steps + args.steps
         self.opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_at)
         self.attr_weight = torch.tensor(
@@ -354,7 +387,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """Linear warmup, constant through the facts and checks phases, cosine to 5% over the reward phase."""
         warmup = 20
-        first = self.args.fact_steps + self.args.check_steps
+        first = self.args.arith_steps + self.args.fact_steps + self.args.check_steps
         if step < warmup:
             return (step + 1) / warmup
         if step < first:
@@ -368,6 +401,7 @@ class Trainer:
         lm_masks: list[list[bool]],
         corr_targets: list[list[float]],
         targets: torch.Tensor | None = None,
+        mid_lm: bool = True,
     ) -> None:
         tokens, lengths = pad_batch(seqs)
         lm_mask = torch.zeros_like(tokens, dtype=torch.bool)
@@ -375,7 +409,7 @@ class Trainer:
         for r, (m, c) in enumerate(zip(lm_masks, corr_targets, strict=True)):
             lm_mask[r, : len(m)] = torch.tensor(m, dtype=torch.bool)
             corr[r, : len(c)] = torch.tensor(c)
-        mid = self.args.mid_lm_layer
+        mid = self.args.mid_lm_layer if mid_lm else 0
         h = self.model.hidden_states(tokens, taps=(mid,) if mid else ())
         losses: dict[str, torch.Tensor] = {}
         loss = torch.zeros(())
@@ -474,6 +508,7 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
     trainer = Trainer(model, args, lm_token_weight)
     model.train()
 
+    # phase 0: arithmetic (next-token loss on short items: bare equations and single exchanges);
     # phase 1: facts (next-token loss on dense dialogues of right answers)
     t_train = time.time()
     cache = args.facts_cache
@@ -483,8 +518,16 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         trainer.opt.load_state_dict(state["opt"])
         trainer.sched.load_state_dict(state["sched"])
         trainer.sched.base_lrs = [args.lr]
-        trainer.step = args.fact_steps
+        trainer.step = args.arith_steps + args.fact_steps
     else:
+        for s, chunk in enumerate(arith_batches(sp, args)):
+            trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk], mid_lm=False)
+            if args.eval_every and s and s % args.eval_every == 0:
+                print(f"  arith: {json.dumps(fact_accuracy(model, sp))}", flush=True)
+                print(f"  check: {json.dumps(arith_check_accuracy(model, sp))}", flush=True)
+                model.train()
+        if args.arith_steps:
+            log["arith_phase_seconds"] = round(time.time() - t_train, 1)
         for s in range(args.fact_steps):
             chunk = encoded_dialogues[s * args.fact_batch : (s + 1) * args.fact_batch]
             trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
@@ -494,7 +537,7 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         if cache:
             state = {"model": model.state_dict(), "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict()}
             torch.save(state, cache)
-    if args.fact_steps:
+    if args.arith_steps or args.fact_steps:
         log["fact_phase_seconds"] = round(time.time() - t_train, 1)
         log["fact_accuracy"] = fact_accuracy(model, sp)
         print(f"  facts: {json.dumps(log['fact_accuracy'])}", flush=True)
@@ -549,6 +592,36 @@ def fact_accuracy(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, n: 
                 pred = model.lm_logits(model.hidden_states(torch.tensor([ids])))[0].argmax(-1).tolist()
             ok += pred[head - 1 : head - 1 + len(tgt)] == tgt
         out[task] = round(ok / n, 3)
+    return out
+
+
+def arith_check_accuracy(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, n: int = 100) -> dict[str, float]:
+    """Development aid: on held-out operand pairs and question phrasings, how often the correctness row at the
+    stated value's last token prefers the right value to a wrong one (bare equations and single exchanges)."""
+    model.eval()
+    rng = random.Random(6)
+    t = data.PromptTemplate()
+    out = {}
+    for short in (True, False):
+        for task in data.TASKS[:3]:
+            seqs, ends = [], []
+            for _ in range(n):
+                qa = data.make_qa(rng, task=task, request="none", heldout=True)
+                wrong = qa.wrong_value(rng)
+                for value in (qa.right, wrong):
+                    if short:
+                        text = f"{qa.values['a']}{'+-*'[data.TASKS.index(task)]}{qa.values['b']}={value}"
+                    else:
+                        text = t.user.format(qa.question) + t.assistant.format("The answer is " + value)
+                        text = text[: text.index(value) + len(value)]
+                    ids = list(sp.encode(text))
+                    seqs.append(ids)
+                    ends.append(len(ids) - 1)
+            with torch.no_grad():
+                tokens, _ = pad_batch(seqs)
+                h = model.hidden_states(tokens)
+                y = model.head(h[torch.arange(len(seqs)), torch.tensor(ends)])[:, CORRECTNESS]
+            out[f"{'eq' if short else 'qa'} {task}"] = round(float((y[0::2] > y[1::2]).float().mean()), 3)
     return out
 
 

@@ -25,7 +25,7 @@ from reward_triton.metadata import NEMOTRON_ATTRIBUTES, RewardMetadata
 from reward_triton.preprocess import Preprocessor
 
 MINI = [
-    "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600",
+    "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600", "--arith-steps", "3", "--arith-batch", "8",
     "--fact-steps", "3", "--check-steps", "3", "--steps", "4", "--batch", "8", "--check-batch", "4",
     "--fact-batch", "2", "--hidden", "32", "--layers", "2", "--heads", "4", "--groups", "2", "--ffn", "64",
     "--mid-lm-layer", "1", "--max-seq-len", "256", "--heldout-pairs", "10",
@@ -117,6 +117,22 @@ def test_heldout_templates_and_operands_never_occur_in_training() -> None:
             else:
                 assert not held_a.search(text), text
     assert min(counts.values()) > 1000
+    # the arithmetic phase's short items: bare equations and single exchanges, training operands only
+    ops_re = re.compile(r"^(\d+) ?(\+|-|\*|x|plus|minus|times) ?(\d+)")
+    task_of = {"+": "add", "plus": "add", "-": "sub", "minus": "sub"}
+    for prompt, answer, (start, end), right in data.arith_items(4000):
+        if prompt.startswith("<extra_id_1>User\n"):
+            q = prompt.split("\n")[1]
+            assert not held_q.fullmatch(q), q
+            assert not held_a.search(answer), answer
+            continue
+        m = ops_re.match(prompt)
+        assert m, prompt
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        task = task_of.get(op, "mul")
+        assert not data.is_heldout_pair(task, a, b), prompt
+        value = a + b if task == "add" else a - b if task == "sub" else a * b
+        assert (answer[start:end] == str(value)) == right, (prompt, answer)
     assert all(not data.is_heldout_pair("mul", b, a) for a, b in data.PAIRS[("mul", True)])
 
 
