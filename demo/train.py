@@ -48,20 +48,21 @@ DIGIT_SYMBOLS = [str(i) for i in range(10)]  # every digit is one token, never m
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
-    "arith_steps": 1500,
+    "arith_steps": 2400,
     "arith_batch": 512,
     "arith_compact": 0.9,
-    "arith_wrong": 0.5,
+    "arith_wrong": 0.0,
+    "fourier": 0.5,
     "examples": 20000,
     "tokenizer_examples": 20000,
     "vocab": 1200,
-    "fact_steps": 400,
-    "check_steps": 2400,
+    "fact_steps": 0,
+    "check_steps": 1000,
     "check_batch": 32,
     "fact_batch": 16,
-    "steps": 600,
+    "steps": 500,
     "batch": 32,
-    "lr": 2e-3,
+    "lr": 1.5e-3,
     "lm_weight": 0.5,
     "value_weight": 4.0,
     "aux_weight": 1.0,
@@ -368,6 +369,21 @@ def tree_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def init_digit_embeddings(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, scale: float) -> None:
+    """Start the ten digit tokens' input and output embeddings on a circle per frequency (cos, sin of 2 pi k d / 10,
+    k = 1..5, in the first ten dimensions): sums and differences of digits modulo 10 are then rotations, which a
+    small network finds much sooner than from random vectors."""
+    d = torch.arange(10, dtype=torch.float32)
+    feats = []
+    for k in range(1, 6):
+        feats += [torch.cos(2 * math.pi * k * d / 10), torch.sin(2 * math.pi * k * d / 10)]
+    f = torch.stack(feats, 1) * scale  # [10, 10]
+    ids = [sp.piece_to_id(str(i)) for i in range(10)]
+    for name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        w = model.p(name)
+        w[ids, : f.shape[1]] = f
+
+
 # ---- training --------------------------------------------------------------------------------------------
 class Trainer:
     """One optimizer and learning-rate schedule over both phases: facts (next-token only), then reward."""
@@ -501,6 +517,8 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
     model = TinyNemotronReward(cfg, torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
         model.p("rm_head.bias")[TRAINED_ROWS] = targets.mean(0)
+        if args.fourier:
+            init_digit_embeddings(model, sp, args.fourier)
     log["parameters"] = count_parameters(model)
     print(
         f"model: {log['parameters']:,} parameters ({count_parameters(model, False):,} without output_layer)", flush=True
