@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,11 +97,15 @@ OTHER_CITIES: dict[str, list[str]] = {
 
 
 def is_heldout_pair(task: str, a: int, b: int) -> bool:
-    """Operand pairs reserved for evaluation: a tenth of the sums and differences; for products, ordered pairs
-    a > b whose mirror (b, a) is trained."""
+    """Operand pairs reserved for evaluation: a tenth of the sums and differences, drawn by a hash of the whole
+    pair; for products, ordered pairs a > b whose mirror (b, a) is trained.
+
+    The hash mixes all four digits on purpose: a rule on the units digits alone (an earlier split held out the
+    pairs with (7a + 13b) % 10 == 3) holds out whole classes of the units-digit sum or difference, e.g. every
+    difference ending in 9, which no amount of training on the other pairs can teach."""
     if task == "mul":
         return a > b and (3 * a + 5 * b) % 4 == 1
-    return (7 * a + 13 * b) % 10 == 3
+    return zlib.crc32(f"{task}:{a},{b}".encode()) % 10 == 3
 
 
 def _pairs(task: str) -> list[tuple[int, int]]:

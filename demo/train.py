@@ -48,7 +48,7 @@ DIGIT_SYMBOLS = [str(i) for i in range(10)]  # every digit is one token, never m
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
-    "arith_steps": 2400,
+    "arith_steps": 2000,
     "arith_batch": 512,
     "arith_compact": 0.9,
     "arith_wrong": 0.0,
