@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from build_engine import fixtures
+from build_engine.nemo.writer import write_nemo_checkpoint
 
 
 def _dir_bytes(path: Path) -> int:
@@ -43,7 +44,7 @@ def synthetic_checkpoint(out: Path, layers: int, seed: int = 0) -> Path:
     )
     tensors = {k: v.to(torch.bfloat16) for k, v in fixtures.fixture_tensors(spec, seed=seed).items()}
     tok = fixtures.train_tokenizer(out.parent / "bench_tokenizer.model")
-    path = fixtures.write_nemo_checkpoint(out, fixtures.fixture_config(spec), tensors, tok, fmt="zarr", tp=8)
+    path = write_nemo_checkpoint(out, fixtures.fixture_config(spec), tensors, tok, fmt="zarr", tp=8)
     del tensors
     return path
 

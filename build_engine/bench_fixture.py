@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from build_engine import fixtures
+from build_engine.nemo.writer import write_nemo_checkpoint
 
 
 def large_spec(arch: str, hidden: int = 512, layers: int = 8, seq_length: int = 512) -> fixtures.FixtureSpec:
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = large_spec(a.arch, a.hidden, a.layers, a.seq_length)
     tok = fixtures.train_tokenizer(a.out.parent / "fixture_tokenizer.model", spec.tokenizer_vocab_size)
     tensors = fixtures.fixture_tensors(spec, seed=a.seed)
-    print(fixtures.write_nemo_checkpoint(a.out, fixtures.fixture_config(spec), tensors, tok, "zarr", tp=2))
+    print(write_nemo_checkpoint(a.out, fixtures.fixture_config(spec), tensors, tok, "zarr", tp=2))
     return 0
 
 

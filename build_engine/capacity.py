@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from build_engine.convert import DTYPES, Layout, RankPlanner, rank_bytes
-from build_engine.spec import EMBEDDING, HEAD_W, ModelSpec
+from build_engine.spec import ModelSpec
+from reward_triton.weights import EMBEDDING, HEAD_W
 
 GIB = 1 << 30
 H100_MEMORY_BYTES = 81559 * (1 << 20)  # H100 SXM 80 GB (HBM3) as nvidia-smi reports it: 81559 MiB
@@ -117,12 +118,12 @@ def kv_bytes_per_token(spec: ModelSpec, layout: Layout, pp_rank: int, kv_itemsiz
 def linear_params(spec: ModelSpec) -> int:
     """Weights of the per-token matmuls (qkv, dense, fc [+ gate], proj) over all layers."""
     h, f = spec.hidden_size, spec.ffn_hidden_size
-    per_layer = spec.qkv_rows * h + h * spec.num_attention_heads * spec.head_dim + (3 if spec.gated else 2) * f * h
+    per_layer = spec.qkv_rows * h + h * spec.num_attention_heads * spec.head_dim + (3 if spec.arch.gated else 2) * f * h
     return spec.num_layers * per_layer
 
 
 def total_params(spec: ModelSpec) -> int:
-    norms = (2 * spec.num_layers + 1) * spec.hidden_size * (2 if spec.has_norm_bias else 1)
+    norms = (2 * spec.num_layers + 1) * spec.hidden_size * (2 if spec.arch.norm_bias else 1)
     head = spec.num_attributes * (spec.hidden_size + 1)
     return linear_params(spec) + spec.vocab_size * spec.hidden_size + norms + head
 

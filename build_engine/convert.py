@@ -1,6 +1,6 @@
 """NeMo reward checkpoint → TensorRT-LLM unified checkpoint (config.json + rank{N}.safetensors), any TP×PP.
 
-A conversion is a table of name mappings plus a few split rules (docs/design.md lists the canonical names):
+A conversion is the weight table (reward_triton/weights.py: names and split rules, docs/formats.md) applied per rank:
 - column-parallel weights (qkv, fc, gate, vocab rows of lm_head) split on dim 0, row-parallel (dense, proj) on dim 1;
 - qkv is regrouped from NeMo's per-group [q.., k, v] rows into per-rank [q_r; k_r; v_r], replicating KV heads
   when there are fewer KV heads than TP ranks;
@@ -12,25 +12,36 @@ Every rank file is streamed one tensor slice at a time; memory stays at a few te
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from build_engine import spec as names
+from build_engine.atomic import atomic_directory
 from build_engine.nemo.errors import CheckpointError
 from build_engine.nemo.source import NemoCheckpoint, WeightSource, open_checkpoint
 from build_engine.safetensors_stream import SafetensorsWriter
 from build_engine.spec import ModelSpec
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
+from reward_triton.weights import (
+    EMBEDDING,
+    HEAD_B,
+    HEAD_W,
+    QKV,
+    Rule,
+    TPLayout,
+    Weight,
+    engine_rows,
+    stage_layer_names,
+    stage_layers,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 BLOCK_BYTES = 64 << 20  # row-block size for tensors streamed in pieces (embedding, lm_head)
@@ -57,11 +68,7 @@ class Layout:
         return rank % self.tp, rank // self.tp
 
     def stage_layers(self, num_layers: int, pp_rank: int) -> list[int]:
-        return torch.tensor_split(torch.arange(num_layers), self.pp)[pp_rank].tolist()
-
-
-def pad_to(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+        return stage_layers(num_layers, self.pp, pp_rank)
 
 
 def validate(spec: ModelSpec, weights: WeightSource, layout: Layout) -> None:
@@ -90,7 +97,7 @@ def validate(spec: ModelSpec, weights: WeightSource, layout: Layout) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Split rules: each returns the per-rank shape and a generator of (row_start, block) for that rank.
+# Cutting: each table rule (reward_triton/weights.py) as jobs that produce one rank's tensors from the source.
 Blocks = Iterator[tuple[int, torch.Tensor]]
 
 
@@ -98,140 +105,135 @@ Blocks = Iterator[tuple[int, torch.Tensor]]
 class Job:
     name: str  # TensorRT-LLM name inside the rank file
     shape: tuple[int, ...]
-    blocks: Callable[[], Blocks]
+    blocks: Callable[[], Blocks]  # (row_start, block) pieces of the tensor, read lazily
     zero_bytes: int = 0  # bytes of this tensor intentionally left zero (padded lm_head rows)
 
 
 class RankPlanner:
-    """Builds the list of tensors (name, per-rank shape, how to produce it) for one output rank."""
+    """The tensors (name, per-rank shape, how to produce them) of one output rank, by the weight table."""
 
     def __init__(self, spec: ModelSpec, weights: WeightSource, layout: Layout, dtype: torch.dtype, lm_head: str):
         self.spec, self.weights, self.layout, self.dtype, self.lm_head = spec, weights, layout, dtype, lm_head
-
-    # -- reading helpers -------------------------------------------------------------------------------
-    def _read(self, name: str, layer: int | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.weights.read(name, layer=layer, rows=rows)
-
-    def _read_cols(self, name: str, layer: int, start: int, stop: int) -> torch.Tensor:
-        return self.weights.read(name, layer=layer, cols=(start, stop))
+        self.tp = tp_layout(spec, layout, lm_head)
+        self.shapes = spec.expected_shapes()  # `validate` checked the checkpoint against them; capacity has no weights
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.dtype).contiguous()
 
-    def _norm(self, t: torch.Tensor, is_weight: bool) -> torch.Tensor:
-        t = t.float()
-        if is_weight and self.spec.normalization == "layernorm1p":
-            t = t + 1.0
-        return self._cast(t)
-
     def _one(self, name: str, shape: tuple[int, ...], fn: Callable[[], torch.Tensor]) -> Job:
         return Job(name, shape, lambda: iter([(0, fn())]))
 
+    def _rows(self, dst: str, src: str, layer: int | None, start: int, n: int) -> Job:
+        cols = self.shapes[src][1]
+        return self._one(dst, (n, cols), lambda: self._cast(self.weights.read(src, layer, rows=(start, start + n))))
+
     # -- rules -----------------------------------------------------------------------------------------
-    def norm(self, dst: str, src: str, layer: int | None, is_weight: bool) -> Job:
-        return self._one(dst, (self.spec.hidden_size,), lambda: self._norm(self._read(src, layer), is_weight))
+    def norm(self, dst: str, src: str, layer: int | None, plus_one: bool) -> Job:
+        def build() -> torch.Tensor:
+            return self._cast(self.weights.read(src, layer).float() + (1.0 if plus_one else 0.0))
+
+        return self._one(dst, (self.spec.hidden_size,), build)
 
     def qkv(self, dst: str, layer: int, tp_rank: int) -> Job:
-        s, t = self.spec, self.layout.tp
-        hd, kv, hpg = s.head_dim, s.num_kv_heads, s.num_attention_heads // s.num_kv_heads
-        group_rows = (hpg + 2) * hd
-        q_heads = s.num_attention_heads // t
-        kv_local = max(kv // t, 1)
-        rows = (q_heads + 2 * kv_local) * hd
-
-        if kv >= t:  # whole groups per rank: all their query heads
-            g0, n_groups, h0, h1 = tp_rank * kv_local, kv_local, 0, hpg
-        else:  # several ranks share one group: a slice of its query heads, its KV head replicated
-            part = tp_rank % (t // kv)
-            g0, n_groups, h0, h1 = tp_rank * kv // t, 1, part * q_heads, (part + 1) * q_heads
-        # rows of the group-aligned block in output order [q_r; k_r; v_r], gathered in one copy
-        idx = [g * group_rows + h * hd + d for g in range(n_groups) for h in range(h0, h1) for d in range(hd)]
-        for head in (hpg, hpg + 1):  # k, then v
-            idx += [g * group_rows + head * hd + d for g in range(n_groups) for d in range(hd)]
+        start, end, idx = self.tp.qkv_source_rows(tp_rank)
         index = torch.tensor(idx)
 
-        def build() -> torch.Tensor:
-            block = self._read(names.QKV, layer, (g0 * group_rows, (g0 + n_groups) * group_rows))
-            return self._cast(block.index_select(0, index))
+        def build() -> torch.Tensor:  # the group-aligned block, gathered into [q_r; k_r; v_r] in one copy
+            return self._cast(self.weights.read(QKV, layer, rows=(start, end)).index_select(0, index))
 
-        return self._one(dst, (rows, s.hidden_size), build)
+        return self._one(dst, (len(idx), self.spec.hidden_size), build)
 
-    def split_rows(self, dst: str, src: str, layer: int, tp_rank: int, offset: int, total: int) -> Job:
-        """Column-parallel: rows [offset + r*total/T, ...) of the source (offset selects a SwiGLU half)."""
+    def column(self, dst: str, src: str, layer: int, tp_rank: int, offset: int, total: int) -> Job:
+        """Rows [offset + r*total/T, ...) of the source (offset selects a gated half)."""
         n = total // self.layout.tp
-        start = offset + tp_rank * n
-        return self._one(
-            dst, (n, self.spec.hidden_size), lambda: self._cast(self._read(src, layer, (start, start + n)))
-        )
+        return self._rows(dst, src, layer, offset + tp_rank * n, n)
 
-    def split_cols(self, dst: str, src: str, layer: int, tp_rank: int, total: int) -> Job:
-        """Row-parallel: columns [r*total/T, (r+1)*total/T) of the source."""
+    def row(self, dst: str, src: str, layer: int, tp_rank: int) -> Job:
+        """Columns [r*total/T, (r+1)*total/T) of the source."""
+        rows, total = self.shapes[src]
         n = total // self.layout.tp
         start = tp_rank * n
-        return self._one(
-            dst, (self.spec.hidden_size, n), lambda: self._cast(self._read_cols(src, layer, start, start + n))
-        )
+        return self._one(dst, (rows, n), lambda: self._cast(self.weights.read(src, layer, cols=(start, start + n))))
 
-    def embedding(self, tp_rank: int) -> Job:
+    def embedding(self, dst: str, tp_rank: int) -> Job:
         v, h = self.spec.vocab_size, self.spec.hidden_size
-        lo, hi = 0, v
+        lo, hi, rows = 0, v, v
         if self.layout.parallel_embedding:
-            rows = pad_to(v, self.layout.tp) // self.layout.tp
+            rows = self.tp.vocab_rows_per_rank()
             lo, hi = tp_rank * rows, min(v, (tp_rank + 1) * rows)
-        else:
-            rows = v
         step = max(1, BLOCK_BYTES // (h * 4))
 
         def blocks() -> Blocks:
             for a in range(lo, hi, step):
                 b = min(hi, a + step)
-                yield a - lo, self._cast(self._read(names.EMBEDDING, rows=(a, b)))
+                yield a - lo, self._cast(self.weights.read(EMBEDDING, rows=(a, b)))
 
         padding = (rows - max(0, hi - lo)) * h * self.dtype.itemsize  # rows past V on the last rank stay zero
-        return Job("transformer.vocab_embedding.weight", (rows, h), blocks, zero_bytes=padding)
+        return Job(dst, (rows, h), blocks, zero_bytes=padding)
 
-    def head(self, tp_rank: int) -> Job:
+    def head(self, dst: str, tp_rank: int) -> Job:
         k, h = self.spec.num_attributes, self.spec.hidden_size
         if self.lm_head == "compact":
-            return self._one("lm_head.weight", (k, h), lambda: self._cast(self._read(names.HEAD_W)))
-        rows = pad_to(self.spec.vocab_size, self.layout.tp) // self.layout.tp
-        lo, hi = tp_rank * rows, (tp_rank + 1) * rows
-        a, b = max(lo, 0), min(hi, k)  # reward rows that fall into this rank's slice
+            return self._one(dst, (k, h), lambda: self._cast(self.weights.read(HEAD_W)))
+        rows = self.tp.vocab_rows_per_rank()
+        lo = tp_rank * rows
+        a, b = max(lo, 0), min(lo + rows, k)  # reward rows that fall into this rank's slice
 
         def blocks() -> Blocks:
             if a < b:
-                yield a - lo, self._cast(self._read(names.HEAD_W, rows=(a, b)))
+                yield a - lo, self._cast(self.weights.read(HEAD_W, rows=(a, b)))
 
         nonzero = max(0, b - a)
-        return Job("lm_head.weight", (rows, h), blocks, zero_bytes=(rows - nonzero) * h * self.dtype.itemsize)
+        return Job(dst, (rows, h), blocks, zero_bytes=(rows - nonzero) * h * self.dtype.itemsize)
 
-    # -- the table -------------------------------------------------------------------------------------
+    def cut(self, w: Weight, layer: int | None, local: int, tp_rank: int) -> list[Job]:
+        """One table row's tensors on one rank (`local`: the layer's index within its pipeline stage)."""
+        dst = stage_layer_names(w, local)
+        if w.rule in (Rule.NORM_WEIGHT, Rule.NORM_BIAS):
+            plus_one = w.rule is Rule.NORM_WEIGHT and self.spec.arch.layernorm1p
+            return [self.norm(dst[0], w.name, layer, plus_one)]
+        if w.rule is Rule.EMBEDDING:
+            return [self.embedding(dst[0], tp_rank)]
+        if w.rule is Rule.REWARD_HEAD:
+            return [self.head(dst[0], tp_rank)]
+        assert layer is not None, w.name
+        if w.rule is Rule.QKV:
+            return [self.qkv(dst[0], layer, tp_rank)]
+        if w.rule is Rule.COLUMN:
+            return [self.column(dst[0], w.name, layer, tp_rank, 0, self.shapes[w.name][0])]
+        if w.rule is Rule.GATED:
+            half = self.shapes[w.name][0] // 2
+            return [self.column(name, w.name, layer, tp_rank, i * half, half) for i, name in enumerate(dst)]
+        if w.rule is Rule.ROW:
+            return [self.row(dst[0], w.name, layer, tp_rank)]
+        raise ConversionError(f"'{w.name}': rule {w.rule.value} has no rank tensor")
+
+    # -- the rank ------------------------------------------------------------------------------------
     def jobs(self, rank: int) -> list[Job]:
-        s = self.spec
         tp_rank, pp_rank = self.layout.ranks(rank)
+        rows = engine_rows(self.spec.arch)
+        first, last = pp_rank == 0, pp_rank == self.layout.pp - 1
         jobs: list[Job] = []
-        if pp_rank == 0:
-            jobs.append(self.embedding(tp_rank))
-        f, attn = s.ffn_hidden_size, s.num_attention_heads * s.head_dim
-        for local, layer in enumerate(self.layout.stage_layers(s.num_layers, pp_rank)):
-            p = f"transformer.layers.{local}."
-            jobs.append(self.norm(p + "input_layernorm.weight", names.LN1_W, layer, True))
-            jobs.append(self.qkv(p + "attention.qkv.weight", layer, tp_rank))
-            jobs.append(self.split_cols(p + "attention.dense.weight", names.PROJ, layer, tp_rank, attn))
-            jobs.append(self.norm(p + "post_layernorm.weight", names.LN2_W, layer, True))
-            jobs.append(self.split_rows(p + "mlp.fc.weight", names.FC1, layer, tp_rank, 0, f))
-            if s.gated:
-                jobs.append(self.split_rows(p + "mlp.gate.weight", names.FC1, layer, tp_rank, f, f))
-            jobs.append(self.split_cols(p + "mlp.proj.weight", names.FC2, layer, tp_rank, f))
-            if s.has_norm_bias:
-                jobs.append(self.norm(p + "input_layernorm.bias", names.LN1_B, layer, False))
-                jobs.append(self.norm(p + "post_layernorm.bias", names.LN2_B, layer, False))
-        if pp_rank == self.layout.pp - 1:
-            jobs.append(self.norm("transformer.ln_f.weight", names.LNF_W, None, True))
-            if s.has_norm_bias:
-                jobs.append(self.norm("transformer.ln_f.bias", names.LNF_B, None, False))
-            jobs.append(self.head(tp_rank))
+        for w in rows:  # stage 0 holds the embedding, the last stage the final norm and the head
+            if not w.is_layer and (first if w.rule is Rule.EMBEDDING else last):
+                jobs += self.cut(w, None, 0, tp_rank)
+        for local, layer in enumerate(self.layout.stage_layers(self.spec.num_layers, pp_rank)):
+            for w in rows:
+                if w.is_layer:
+                    jobs += self.cut(w, layer, local, tp_rank)
         return jobs
+
+
+def tp_layout(spec: ModelSpec, layout: Layout, lm_head: str) -> TPLayout:
+    return TPLayout(
+        tp=layout.tp,
+        num_heads=spec.num_attention_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        vocab_size=spec.vocab_size,
+        parallel_embedding=layout.parallel_embedding,
+        compact_head=lm_head == "compact",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def trtllm_config(spec: ModelSpec, layout: Layout, dtype: str, lm_head: str) -> 
 
 
 def build_metadata(spec: ModelSpec, weights: WeightSource, dtype: str, lm_head: str) -> RewardMetadata:
-    bias = weights.read(names.HEAD_B).float().tolist()
+    bias = weights.read(HEAD_B).float().tolist()
     return RewardMetadata(
         attribute_names=spec.attribute_names,
         trained_attributes=spec.trained_attributes,
@@ -313,43 +315,6 @@ def write_rank(planner: RankPlanner, rank: int, directory: Path, progress: tqdm 
 
 def rank_bytes(planner: RankPlanner, rank: int) -> int:
     return sum(math.prod(j.shape) for j in planner.jobs(rank)) * planner.dtype.itemsize
-
-
-def partial_directory(output: Path) -> Path:
-    """Create and return a fresh hidden sibling `.NAME.partial-*` of `output` to build into."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
-
-
-def commit_directory(tmp: Path, output: Path) -> None:
-    """Atomically put the finished `tmp` in place of `output` (an existing `output` is replaced, then removed)."""
-    output = Path(output)
-    if output.exists():
-        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, output)
-
-
-@contextmanager
-def atomic_directory(output: Path) -> Iterator[Path]:
-    """Yield a hidden sibling directory; on success it replaces `output`, on failure it is removed.
-
-    A directory named `output` therefore only ever holds a complete conversion; a killed run leaves only a
-    `.NAME.partial-*` directory, never something that looks finished.
-    """
-    tmp = partial_directory(Path(output))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    commit_directory(tmp, Path(output))
 
 
 def prepare(ckpt: NemoCheckpoint, layout: Layout, dtype: str, lm_head: str) -> tuple[ModelSpec, RankPlanner]:
@@ -399,3 +364,38 @@ def convert_ranks(planner: RankPlanner, ranks: Iterable[int], directory: Path, p
     with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar:
         for rank in ranks:
             write_rank(planner, rank, directory, bar)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a conversion, shared by `python -m build_engine convert` and `build_engine.mpi_convert`."""
+    p.add_argument("--nemo", required=True, help=".nemo file or extracted checkpoint directory (all nodes see it)")
+    p.add_argument("--output", required=True, help="output directory (replaced atomically when complete)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument(
+        "--lm-head",
+        default="padded",
+        choices=["padded", "compact"],
+        help="padded: vocab-sized lm_head with reward rows 0..K-1 (TensorRT-LLM); compact: [K, H] (PyTorch engine)",
+    )
+    p.add_argument(
+        "--parallel-embedding",
+        action="store_true",
+        help="shard the embedding table over TP ranks (TensorRT-LLM use_parallel_embedding, dim 0)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
+def arguments(a: argparse.Namespace) -> dict[str, Any]:
+    """Parsed `add_arguments` options → keyword arguments of `convert` / `mpi_convert`."""
+    return {
+        "nemo": a.nemo,
+        "output": a.output,
+        "tp": a.tp,
+        "pp": a.pp,
+        "dtype": a.dtype,
+        "lm_head": a.lm_head,
+        "progress": not a.no_progress,
+        "parallel_embedding": a.parallel_embedding,
+    }

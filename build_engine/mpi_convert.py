@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from build_engine import convert as conv
+from build_engine.atomic import commit_directory, partial_directory
 from build_engine.nemo.source import open_checkpoint
 
 T = TypeVar("T")
@@ -113,7 +114,7 @@ def mpi_convert(
         state["ckpt"] = ckpt
         state["spec"], state["planner"] = conv.prepare(ckpt, layout, dtype, lm_head)
         if run.rank == 0:
-            state["tmp"] = conv.partial_directory(output)
+            state["tmp"] = partial_directory(output)
 
     try:
         run.phase("planning", plan)
@@ -135,7 +136,7 @@ def mpi_convert(
             if missing:
                 raise FileNotFoundError(f"{tmp}: rank files missing after all processes finished: {missing}")
             conv.write_side_files(state["ckpt"], state["spec"], layout, dtype, lm_head, tmp)
-            conv.commit_directory(tmp, output)
+            commit_directory(tmp, output)
             state["tmp"] = None
 
         run.phase("side files and rename", finish)
@@ -152,14 +153,7 @@ def parser() -> argparse.ArgumentParser:
         description="NeMo reward checkpoint → TensorRT-LLM checkpoint, output ranks written in parallel by MPI "
         "processes (process i writes ranks r with r %% N == i). Without mpirun it runs as one process.",
     )
-    p.add_argument("--nemo", required=True, help=".nemo file or extracted checkpoint directory (all nodes see it)")
-    p.add_argument("--output", required=True, help="output directory (replaced atomically when complete)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(conv.DTYPES))
-    p.add_argument("--lm-head", default="padded", choices=["padded", "compact"])
-    p.add_argument("--parallel-embedding", action="store_true", help="shard the embedding over TP ranks (dim 0)")
-    p.add_argument("--no-progress", action="store_true")
+    conv.add_arguments(p)
     return p
 
 
@@ -167,9 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
     comm = world()
     try:
-        out = mpi_convert(
-            a.nemo, a.output, a.tp, a.pp, a.dtype, a.lm_head, not a.no_progress, comm, a.parallel_embedding
-        )
+        out = mpi_convert(**conv.arguments(a), comm=comm)
     except MPIConversionError as e:
         if comm.Get_rank() == 0:
             print(f"error: {e}", file=sys.stderr)

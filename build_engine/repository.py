@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reward_triton.metadata import METADATA_FILE, MetadataError, RewardMetadata
+from reward_triton.metadata import MetadataError, RewardMetadata
 from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
@@ -185,15 +185,6 @@ def _copy_models(source: Path, output: Path) -> None:
         shutil.copytree(source / model, target, ignore=ignore)
 
 
-def _copy_metadata(checkpoint: Path, engine_dir: Path, meta: RewardMetadata) -> None:
-    """The stages read metadata + tokenizer from the engine dir: copy them next to the engine."""
-    engine_dir.mkdir(parents=True, exist_ok=True)
-    for name in (METADATA_FILE, meta.tokenizer_file):
-        src, dst = checkpoint / name, engine_dir / name
-        if src.resolve() != dst.resolve():
-            shutil.copyfile(src, dst)
-
-
 def render_repository(
     checkpoint: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -216,7 +207,7 @@ def render_repository(
         if engine_dir is None:
             raise RepositoryError("backend tensorrtllm needs engine_dir (the trtllm-build output directory)")
         engine = Path(engine_dir).resolve()
-        _copy_metadata(checkpoint, engine, meta)
+        RewardMetadata.copy(checkpoint, engine)
         model_dir = engine
     else:
         if not (checkpoint / "config.json").is_file():

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reward_triton import weights as wt
 from reward_triton.metadata import default_attributes
+from reward_triton.weights import Arch, is_gated
 
 
 class SpecError(ValueError):
@@ -17,30 +19,20 @@ class ShapeSource(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
 
 
+# NeMo activation name -> the canonical one (whether it is gated: `reward_triton.weights.is_gated`)
 ACTIVATIONS = {
-    # NeMo name -> (canonical, gated)
-    "squared-relu": ("squared-relu", False),
-    "gelu": ("gelu", False),
-    "fast-gelu": ("gelu", False),
-    "swiglu": ("swiglu", True),
-    "fast-swiglu": ("swiglu", True),
+    "squared-relu": "squared-relu",
+    "gelu": "gelu",
+    "fast-gelu": "gelu",
+    "swiglu": "swiglu",
+    "fast-swiglu": "swiglu",
 }
 NORMALIZATIONS = ("layernorm", "layernorm1p", "rmsnorm")
 
-# Canonical weight names (see docs/design.md).
-EMBEDDING = "embedding.word_embeddings.weight"
-LN1_W = "decoder.layers.self_attention.linear_qkv.layer_norm_weight"
-LN1_B = "decoder.layers.self_attention.linear_qkv.layer_norm_bias"
-QKV = "decoder.layers.self_attention.linear_qkv.weight"
-PROJ = "decoder.layers.self_attention.linear_proj.weight"
-LN2_W = "decoder.layers.mlp.linear_fc1.layer_norm_weight"
-LN2_B = "decoder.layers.mlp.linear_fc1.layer_norm_bias"
-FC1 = "decoder.layers.mlp.linear_fc1.weight"
-FC2 = "decoder.layers.mlp.linear_fc2.weight"
-LNF_W = "decoder.final_layernorm.weight"
-LNF_B = "decoder.final_layernorm.bias"
-HEAD_W = "rm_head.weight"
-HEAD_B = "rm_head.bias"
+
+def gated_config(cfg: dict[str, Any]) -> bool:
+    """Whether a NeMo config's MLP is gated (fc1 holds [act; up] halves)."""
+    return bool(cfg.get("gated_linear_unit")) or is_gated(str(cfg.get("activation", "")))
 
 
 def _get(cfg: dict[str, Any], key: str, default: Any = ...) -> Any:
@@ -74,12 +66,13 @@ class ModelSpec:
     tokenizer_ref: str
 
     @property
-    def gated(self) -> bool:
-        return self.activation == "swiglu"
-
-    @property
-    def has_norm_bias(self) -> bool:
-        return self.normalization != "rmsnorm"
+    def arch(self) -> Arch:
+        """The architecture facts the weight table selects rows and rules by (decided here, once)."""
+        return Arch(
+            gated=is_gated(self.activation),
+            norm_bias=self.normalization != "rmsnorm",
+            layernorm1p=self.normalization == "layernorm1p",
+        )
 
     @property
     def qkv_rows(self) -> int:
@@ -89,19 +82,19 @@ class ModelSpec:
         """Canonical name → shape (per layer for layer tensors) that the checkpoint must have."""
         h, f = self.hidden_size, self.ffn_hidden_size
         shapes: dict[str, tuple[int, ...]] = {
-            EMBEDDING: (self.vocab_size, h),
-            LN1_W: (h,),
-            QKV: (self.qkv_rows, h),
-            PROJ: (h, self.num_attention_heads * self.head_dim),
-            LN2_W: (h,),
-            FC1: (2 * f if self.gated else f, h),
-            FC2: (h, f),
-            LNF_W: (h,),
-            HEAD_W: (self.num_attributes, h),
-            HEAD_B: (self.num_attributes,),
+            wt.EMBEDDING: (self.vocab_size, h),
+            wt.LN1_W: (h,),
+            wt.QKV: (self.qkv_rows, h),
+            wt.PROJ: (h, self.num_attention_heads * self.head_dim),
+            wt.LN2_W: (h,),
+            wt.FC1: (2 * f if self.arch.gated else f, h),
+            wt.FC2: (h, f),
+            wt.LNF_W: (h,),
+            wt.HEAD_W: (self.num_attributes, h),
+            wt.HEAD_B: (self.num_attributes,),
         }
-        if self.has_norm_bias:
-            shapes.update({LN1_B: (h,), LN2_B: (h,), LNF_B: (h,)})
+        if self.arch.norm_bias:
+            shapes.update({wt.LN1_B: (h,), wt.LN2_B: (h,), wt.LNF_B: (h,)})
         return shapes
 
     @classmethod
@@ -111,7 +104,11 @@ class ModelSpec:
             raise SpecError(
                 f"model_config.yaml: activation '{act_name}' is not supported (supported: {sorted(ACTIVATIONS)})"
             )
-        activation, _ = ACTIVATIONS[act_name]
+        activation = ACTIVATIONS[act_name]
+        if cfg.get("gated_linear_unit") and not is_gated(activation):
+            raise SpecError(
+                f"model_config.yaml: gated_linear_unit with activation '{act_name}' is not supported (use swiglu)"
+            )
         normalization = str(_get(cfg, "normalization", "layernorm"))
         if normalization not in NORMALIZATIONS:
             raise SpecError(
@@ -124,7 +121,7 @@ class ModelSpec:
             raise SpecError(
                 f"model_config.yaml: transformer_block_type '{cfg['transformer_block_type']}' is not supported"
             )
-        if cfg.get("share_embeddings_and_output_weights", False) and not weights.has(HEAD_W):
+        if cfg.get("share_embeddings_and_output_weights", False) and not weights.has(wt.HEAD_W):
             raise SpecError("model_config.yaml: tied embeddings without an rm_head are not a reward model")
 
         hidden = int(_get(cfg, "hidden_size"))
@@ -141,11 +138,11 @@ class ModelSpec:
         if cfg.get("bias", False):
             raise SpecError("model_config.yaml: bias: true (linear-layer biases) is not supported by this converter")
 
-        for name in (EMBEDDING, HEAD_W):
+        for name in (wt.EMBEDDING, wt.HEAD_W):
             if not weights.has(name):
                 raise SpecError(f"checkpoint: required tensor '{name}' is missing")
-        vocab = weights.shape(EMBEDDING)[0]
-        k = weights.shape(HEAD_W)[0]
+        vocab = weights.shape(wt.EMBEDDING)[0]
+        k = weights.shape(wt.HEAD_W)[0]
         reg = cfg.get("regression") or {}
         declared = reg.get("num_attributes")
         if declared is not None and int(declared) != k:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from build_engine.convert import commit_directory, partial_directory
-from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE
+from build_engine.atomic import atomic_directory
+from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
 
 EXECUTABLE = "trtllm-build"
 DEFAULT_GPUS_PER_NODE = 8  # TensorRT-LLM's Mapping default
@@ -185,14 +185,6 @@ def check_engine(engine: Path, world: int) -> None:
         raise BuildError(f"{engine}: engine files missing for ranks {missing}")
 
 
-def copy_side_files(checkpoint: Path, engine: Path) -> None:
-    for name in (METADATA_FILE, TOKENIZER_FILE):
-        src = checkpoint / name
-        if not src.is_file():
-            raise BuildError(f"{src}: missing (the converter writes it next to config.json)")
-        shutil.copyfile(src, engine / name)
-
-
 def build_engine(
     checkpoint: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -211,8 +203,7 @@ def build_engine(
         cmd = shlex.join(build_argv(checkpoint, output, config, opts))
         raise BuildError(f"{EXECUTABLE} is not on PATH. {INSTALL_HINT}. The build command is:\n  {cmd}")
     _, _, world = mapping(config)
-    tmp = partial_directory(output)
-    try:
+    with atomic_directory(output) as tmp:
         with build_view(checkpoint, config, opts) as view:
             argv = [exe, *build_argv(view, tmp, config, opts)[1:]]
             print(shlex.join(argv), flush=True)
@@ -220,11 +211,7 @@ def build_engine(
         if result.returncode != 0:
             raise BuildError(f"{EXECUTABLE} failed with exit status {result.returncode}")
         check_engine(tmp, world)
-        copy_side_files(checkpoint, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    commit_directory(tmp, output)
+        RewardMetadata.copy(checkpoint, tmp)
     return output
 
 

@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reward_triton.conversation import JSONTextError, decode_json
+
 NEMO_DEFAULT_MASK = "User"
 STEERLM_MIN, STEERLM_MAX = 0.0, 4.0
 
@@ -27,20 +29,12 @@ class RecordError(ValueError):
 
 def parse_json(text: str | bytes) -> Any:
     """JSON text → value, with a one-line error message."""
-    if isinstance(text, bytes | bytearray):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RecordError(f"not valid UTF-8 (byte {e.start})") from e
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RecordError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
-    except RecursionError:
-        raise RecordError("JSON nested too deeply") from None
-    except ValueError as e:  # e.g. an integer literal beyond Python's conversion limit
-        raise RecordError(f"JSON value cannot be read: {e}") from None
-    if "\\u" in text:  # only a \u escape can spell a lone surrogate, which is not text (and cannot be sent)
+        value = decode_json(text)
+    except JSONTextError as e:
+        raise RecordError(str(e)) from None
+    escaped = b"\\u" in text if isinstance(text, bytes | bytearray) else "\\u" in text
+    if escaped:  # only a \u escape can spell a lone surrogate, which is not text (and cannot be sent)
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as e:

@@ -1,9 +1,9 @@
 """A small PyTorch implementation of exactly the NeMo / Megatron-core Nemotron reward-model math.
 
-Parameters live directly under the canonical NeMo names and shapes of docs/design.md (layer tensors stacked
+Parameters live directly under the canonical NeMo names and shapes of docs/formats.md (layer tensors stacked
 with a leading `num_layers` axis, as in the distributed checkpoint), so exporting is `model.nemo_tensors()`.
 
-Math (the canonical layout is in docs/design.md):
+Math (the canonical layout is in docs/formats.md):
 - pre-LN decoder: x + attn(ln1(x)); x + mlp(ln2(x)); final LayerNorm;
 - layernorm1p: norm(x) * (1 + w) + b;
 - fused grouped QKV rows per query group g: [q_{g,0} .. q_{g,hpg-1}, k_g, v_g], hd rows each;
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from build_engine.spec import (
+from reward_triton.weights import (
     EMBEDDING,
     FC1,
     FC2,
@@ -33,11 +33,12 @@ from build_engine.spec import (
     LN2_W,
     LNF_B,
     LNF_W,
+    OUTPUT,
     PROJ,
     QKV,
 )
 
-OUTPUT_LAYER = "output_layer.weight"
+OUTPUT_LAYER = OUTPUT
 LAYER_NAMES = (LN1_W, LN1_B, QKV, PROJ, LN2_W, LN2_B, FC1, FC2)
 
 

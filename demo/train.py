@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # `python demo/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from build_engine.nemo.writer import model_config, write_nemo_checkpoint  # noqa: E402
 from demo import data  # noqa: E402
 from demo.model import TinyConfig, TinyNemotronReward, count_parameters, pad_batch  # noqa: E402
 from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES  # noqa: E402
@@ -310,55 +310,36 @@ def bf16_copy(model: TinyNemotronReward) -> TinyNemotronReward:
 # ---- checkpoint ------------------------------------------------------------------------------------------
 def nemo_config(cfg: TinyConfig, max_seq_len: int) -> dict[str, Any]:
     tok = f"nemo:{TOKENIZER_NAME}"
-    return {
-        "mcore_gpt": True,
-        "precision": "bf16",
-        "tensor_model_parallel_size": 1,
-        "pipeline_model_parallel_size": 1,
-        "encoder_seq_length": max_seq_len,
-        "max_position_embeddings": max_seq_len,
-        "num_layers": cfg.num_layers,
-        "hidden_size": cfg.hidden_size,
-        "ffn_hidden_size": cfg.ffn_hidden_size,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_query_groups": cfg.num_query_groups,
-        "kv_channels": None,
-        "normalization": "layernorm1p",
-        "layernorm_epsilon": cfg.layernorm_epsilon,
-        "bias": False,
-        "activation": "squared-relu",
-        "transformer_block_type": "pre_ln",
-        "position_embedding_type": "rope",
-        "rotary_percentage": cfg.rotary_percentage,
-        "rotary_base": cfg.rotary_base,
-        "make_vocab_size_divisible_by": 128,
-        "share_embeddings_and_output_weights": False,
-        "reward_model_type": "regression",
-        "regression": {"num_attributes": cfg.num_attributes},
-        "tokenizer": {"library": "sentencepiece", "type": None, "model": tok, "tokenizer_model": tok},
-    }
+    return model_config(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        num_attributes=cfg.num_attributes,
+        seq_length=max_seq_len,
+        layernorm_epsilon=cfg.layernorm_epsilon,
+        rotary_percentage=cfg.rotary_percentage,
+        rotary_base=cfg.rotary_base,
+        tokenizer={"library": "sentencepiece", "type": None, "model": tok, "tokenizer_model": tok},
+    )
 
 
 def save_checkpoint(out: Path, model: TinyNemotronReward, tokenizer: bytes, max_seq_len: int) -> None:
-    """Write the NeMo distributed checkpoint into `<out>.partial`, then rename it to `out`."""
-    from build_engine.fixtures import write_nemo_checkpoint
-
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write the NeMo distributed checkpoint to `out` (atomically: complete or not there)."""
     with tempfile.TemporaryDirectory() as d:
         tok_file = Path(d) / TOKENIZER_NAME
         tok_file.write_bytes(tokenizer)
         write_nemo_checkpoint(
-            tmp,
+            out,
             nemo_config(model.cfg, max_seq_len),
             model.nemo_tensors(),
             tok_file,
             fmt="zarr",
             tp=1,
             dtype=torch.bfloat16,
+            replace=True,
         )
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
 
 
 def tree_digest(path: Path) -> str:

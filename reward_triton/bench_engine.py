@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from reward_triton.engine import EngineConfig, TorchEngine, parse_dtype
+from reward_triton.engine import EngineConfig, Layer, Norm, TorchEngine, Weights, parse_dtype
 
 H100_BF16_DENSE_TFLOPS = 989.0
 GOALS = {"float32": 1.0, "bfloat16": 1.2}  # CPU: engine tokens/s over HF one by one, same dtype and threads
@@ -120,29 +120,28 @@ def _near(shape: tuple[int, ...], center: float, g: torch.Generator, device: tor
     )
 
 
-def random_weights(shape: Shape, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
-    """Engine-layout weights (fused `qkv`, `fc_gate`), bf16 like a converted bf16 checkpoint, reproducible."""
+def random_weights(shape: Shape, device: str | torch.device = "cpu", seed: int = 0) -> Weights:
+    """Engine weights (fused qkv, [fc; gate]), bf16 like a converted bf16 checkpoint, reproducible."""
     dev = torch.device(device)
     g = torch.Generator(device=dev).manual_seed(seed)
     h, f, hd = shape.hidden, shape.ffn, shape.head_dim
     rows = (shape.heads + 2 * shape.kv_heads) * hd
-    w = {"embedding": _randn((shape.vocab, h), 1.0, g, dev)}
+    embedding = _randn((shape.vocab, h), 1.0, g, dev)
     layernorm = shape.arch != "llama"
-    for i in range(shape.layers):
-        p = f"layers.{i}."
-        w[p + "qkv"] = _randn((rows, h), h**-0.5, g, dev)
-        w[p + "dense"] = _randn((h, shape.heads * hd), 0.5 * (shape.heads * hd) ** -0.5, g, dev)
-        w[p + ("fc" if layernorm else "fc_gate")] = _randn((f if layernorm else 2 * f, h), h**-0.5, g, dev)
-        w[p + "proj"] = _randn((h, f), 0.5 * f**-0.5 * (0.3 if layernorm else 1.0), g, dev)
-        for n in ("input_layernorm", "post_layernorm"):
-            w[f"{p}{n}.weight"] = _near((h,), 1.0, g, dev)
-            if layernorm:
-                w[f"{p}{n}.bias"] = _near((h,), 0.0, g, dev)
-    w["ln_f.weight"] = _near((h,), 1.0, g, dev)
-    if layernorm:
-        w["ln_f.bias"] = _near((h,), 0.0, g, dev)
-    w["lm_head"] = _randn((shape.outputs, h), h**-0.5, g, dev)
-    return w
+
+    def norm() -> Norm:
+        weight = _near((h,), 1.0, g, dev)
+        return Norm(weight, _near((h,), 0.0, g, dev) if layernorm else None)
+
+    layers = []
+    for _ in range(shape.layers):
+        qkv = _randn((rows, h), h**-0.5, g, dev)
+        dense = _randn((h, shape.heads * hd), 0.5 * (shape.heads * hd) ** -0.5, g, dev)
+        fc = _randn((f if layernorm else 2 * f, h), h**-0.5, g, dev)
+        proj = _randn((h, f), 0.5 * f**-0.5 * (0.3 if layernorm else 1.0), g, dev)
+        layers.append(Layer(norm(), qkv, dense, norm(), fc, proj))
+    ln_f = norm()
+    return Weights(embedding, layers, ln_f, _randn((shape.outputs, h), h**-0.5, g, dev))
 
 
 # ---- Hugging Face on the engine's tensors ----------------------------------------------------------------------
@@ -173,31 +172,35 @@ def hf_model(shape: Shape, engine: TorchEngine) -> torch.nn.Module:
     with torch.device("meta"):
         model = (LlamaModel if llama else NemotronModel)(cfg)
 
-    def norm(name: str) -> torch.Tensor:  # layernorm1p: HF adds the 1 itself; exact for `_near` weights
-        t = w[name].to(dtype)
+    def norm(n: Norm) -> torch.Tensor:  # layernorm1p: HF adds the 1 itself; exact for `_near` weights
+        t = n.weight.to(dtype)
         return t if llama else t - 1
 
     q_rows, kv_rows, f = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.ffn
-    sd = {"embed_tokens.weight": w["embedding"], "norm.weight": norm("ln_f.weight")}
+    sd = {"embed_tokens.weight": w.embedding, "norm.weight": norm(w.ln_f)}
     if not llama:
-        sd["norm.bias"] = w["ln_f.bias"].to(dtype)
-    for i in range(shape.layers):
-        p, e = f"layers.{i}.", f"layers.{i}."
-        qkv = w[e + "qkv"]
-        sd[p + "self_attn.q_proj.weight"] = qkv[:q_rows]
-        sd[p + "self_attn.k_proj.weight"] = qkv[q_rows : q_rows + kv_rows]
-        sd[p + "self_attn.v_proj.weight"] = qkv[q_rows + kv_rows :]
-        sd[p + "self_attn.o_proj.weight"] = w[e + "dense"]
+        assert w.ln_f.bias is not None
+        sd["norm.bias"] = w.ln_f.bias.to(dtype)
+    for i, layer in enumerate(w.layers):
+        p = f"layers.{i}."
+        sd[p + "self_attn.q_proj.weight"] = layer.qkv[:q_rows]
+        sd[p + "self_attn.k_proj.weight"] = layer.qkv[q_rows : q_rows + kv_rows]
+        sd[p + "self_attn.v_proj.weight"] = layer.qkv[q_rows + kv_rows :]
+        sd[p + "self_attn.o_proj.weight"] = layer.dense
         if llama:
-            sd[p + "mlp.gate_proj.weight"] = w[e + "fc_gate"][:f]  # the SiLU branch (TensorRT-LLM `fc`)
-            sd[p + "mlp.up_proj.weight"] = w[e + "fc_gate"][f:]
+            sd[p + "mlp.gate_proj.weight"] = layer.fc[:f]  # the SiLU branch (TensorRT-LLM `fc`)
+            sd[p + "mlp.up_proj.weight"] = layer.fc[f:]
         else:
-            sd[p + "mlp.up_proj.weight"] = w[e + "fc"]
-        sd[p + "mlp.down_proj.weight"] = w[e + "proj"]
-        for hf, ours in (("input_layernorm", "input_layernorm"), ("post_attention_layernorm", "post_layernorm")):
-            sd[f"{p}{hf}.weight"] = norm(f"{e}{ours}.weight")
+            sd[p + "mlp.up_proj.weight"] = layer.fc
+        sd[p + "mlp.down_proj.weight"] = layer.proj
+        for hf, ours in (
+            ("input_layernorm", layer.input_layernorm),
+            ("post_attention_layernorm", layer.post_layernorm),
+        ):
+            sd[f"{p}{hf}.weight"] = norm(ours)
             if not llama:
-                sd[f"{p}{hf}.bias"] = w[f"{e}{ours}.bias"]
+                assert ours.bias is not None
+                sd[f"{p}{hf}.bias"] = ours.bias
     model.load_state_dict(sd, strict=True, assign=True)
     with torch.device(device):  # non-persistent rotary buffers were built on meta: rebuild them for real
         model.rotary_emb = type(model.rotary_emb)(config=cfg)
@@ -213,7 +216,7 @@ def hf_one_by_one(model: torch.nn.Module, engine: TorchEngine, seqs: Sequence[Se
     for s in seqs:
         hidden = model(input_ids=torch.tensor([list(s)], device=engine.device)).last_hidden_state[0, -1]
         out.append(hidden.float())
-    return torch.nn.functional.linear(torch.stack(out), engine.w["lm_head"])
+    return torch.nn.functional.linear(torch.stack(out), engine.w.lm_head)
 
 
 @torch.inference_mode()
@@ -227,7 +230,7 @@ def hf_padded(model: torch.nn.Module, engine: TorchEngine, seqs: Sequence[Sequen
     hidden = model(input_ids=ids.to(engine.device), attention_mask=mask.to(engine.device)).last_hidden_state
     last = torch.tensor([len(s) - 1 for s in seqs], device=engine.device)
     h = hidden[torch.arange(len(seqs), device=engine.device), last].float()
-    return torch.nn.functional.linear(h, engine.w["lm_head"])
+    return torch.nn.functional.linear(h, engine.w.lm_head)
 
 
 # ---- measuring -------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ apply the model's default one.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -183,35 +182,34 @@ def parse(data: Any) -> Conversation:
     )
 
 
-def loads(text: str | bytes) -> Conversation:
-    """JSON text (str, or UTF-8 bytes) → Conversation."""
+# ---- JSON text (also the client's record reader, client/conversations.py) -------------------------------------
+class JSONTextError(ValueError):
+    """The text is not readable JSON; the message says why and where."""
+
+
+def decode_json(text: str | bytes, what: str = "") -> Any:
+    """JSON text (str, or UTF-8 bytes) → value; `what` names the text in the message (e.g. "conversation")."""
+    subject = f"{what} is " if what else ""
+    json_of = f"{what} JSON" if what else "JSON"
     if isinstance(text, bytes | bytearray):
         try:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ConversationError(f"conversation is not valid UTF-8 (invalid byte at offset {e.start})") from e
+            raise JSONTextError(f"{subject}not valid UTF-8 (invalid byte at offset {e.start})") from e
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConversationError(f"conversation is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        raise JSONTextError(f"{subject}not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     except RecursionError:
-        raise ConversationError("conversation JSON is nested too deeply (arrays/objects within each other)") from None
+        raise JSONTextError(f"{json_of} is nested too deeply (arrays/objects within each other)") from None
     except ValueError as e:  # e.g. an integer literal longer than Python's conversion limit
-        raise ConversationError(f"conversation JSON has a value that cannot be read: {e}") from None
+        raise JSONTextError(f"{json_of} has a value that cannot be read: {e}") from None
+
+
+def loads(text: str | bytes) -> Conversation:
+    """JSON text (str, or UTF-8 bytes) → Conversation."""
+    try:
+        data = decode_json(text, "conversation")
+    except JSONTextError as e:
+        raise ConversationError(str(e)) from None
     return parse(data)
-
-
-def to_openai(conv: Conversation) -> dict[str, Any]:
-    messages: list[dict[str, str]] = []
-    if conv.system is not None:
-        messages.append({"role": "system", "content": conv.system})
-    messages.extend({"role": t.role, "content": t.content} for t in conv.turns)
-    return {"messages": messages}
-
-
-def from_turns(turns: Sequence[tuple[str, str]], system: str | None = None) -> Conversation:
-    """Convenience: [("user", "hi"), ("assistant", "hello")] → Conversation."""
-    return from_openai(
-        ([{"role": "system", "content": system}] if system is not None else [])
-        + [{"role": r, "content": c} for r, c in turns]
-    )

@@ -1,10 +1,10 @@
 """PyTorch reference engine for a TensorRT-LLM reward checkpoint (the CPU stand-in for the TRT-LLM engine).
 
-Loads `config.json` + every `rank{N}.safetensors`, reassembles the TP×PP shards into whole weights, and applies
-the same math TensorRT-LLM applies to that checkpoint (GPTForCausalLM / LlamaForCausalLM): pre-norm decoder,
-NeoX rotary on the first `rotary_pct` of each head, causal GQA attention, squared-relu / gelu / SwiGLU MLP,
-final norm, lm_head on the LAST token only. Sequences are packed end to end (no padding): the linear layers run
-on all tokens at once and only attention runs per sequence.
+The rank files are joined into whole, typed weights by `reward_triton/trtllm_checkpoint.py` (by the weight
+table's join rules); this file is only the model: the math TensorRT-LLM applies to that checkpoint
+(GPTForCausalLM / LlamaForCausalLM): pre-norm decoder, NeoX rotary on the first `rotary_pct` of each head, causal
+GQA attention, squared-relu / gelu / SwiGLU MLP, final norm, lm_head on the LAST token only. Sequences are packed
+end to end (no padding): the linear layers run on all tokens at once and only attention runs per sequence.
 
 Speed (docs/engine.md): Q, K and V come from one fused GEMM (the checkpoint's own `attention.qkv` layout), SwiGLU's
 fc and gate from one GEMM; rotary is applied in place on Q and K together; GQA K/V heads are expanded once per
@@ -19,122 +19,99 @@ a GPU the whole forward is queued without waits.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from reward_triton.trtllm_checkpoint import EngineConfig, RankFiles, checkpoint_dtype, parse_dtype
+from reward_triton.weights import EMBEDDING, FC1, FC2, HEAD_W, LN1_B, LN1_W, LN2_B, LN2_W, LNF_B, LNF_W, PROJ, QKV
 
-@dataclass(frozen=True)
-class EngineConfig:
-    architecture: str
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    activation: str  # "squared-relu" | "gelu" | "swiglu" | "silu" (Llama: gated SiLU)
-    norm: str  # "layernorm" | "rmsnorm"
-    norm_eps: float
-    rotary_dim: int
-    rotary_base: float
-    tp: int
-    pp: int
-    compact_head: bool  # lm_head is [K, H] on every last-stage rank instead of the padded vocab
-    parallel_embedding: bool  # embedding rows sharded over the TP ranks of stage 0
+__all__ = ["EngineConfig", "Layer", "Norm", "TorchEngine", "Weights", "checkpoint_dtype", "parse_dtype"]
+
+
+@dataclass
+class Norm:
+    weight: torch.Tensor  # as applied (layernorm1p's +1 is already in, see docs/formats.md)
+    bias: torch.Tensor | None  # None for RMSNorm
+
+
+@dataclass
+class Layer:
+    input_layernorm: Norm
+    qkv: torch.Tensor  # attention.qkv: [q; k; v] rows of all heads (one GEMM for the three)
+    dense: torch.Tensor  # attention.dense
+    post_layernorm: Norm
+    fc: torch.Tensor  # mlp.fc, or [mlp.fc; mlp.gate] for a gated MLP (one GEMM; fc goes through the activation)
+    proj: torch.Tensor  # mlp.proj
+
+
+@dataclass
+class Weights:
+    """Whole (unsharded) weights, named like the TensorRT-LLM checkpoint; built from the rank files by the table."""
+
+    embedding: torch.Tensor
+    layers: list[Layer]
+    ln_f: Norm
+    lm_head: torch.Tensor  # padded-vocab rows with the reward head in rows 0..K-1, or [K, H] (compact)
 
     @classmethod
-    def from_json(cls, d: dict) -> EngineConfig:
-        llama = d["architecture"] == "LlamaForCausalLM"
-        hd = int(d.get("head_size") or d["hidden_size"] // d["num_attention_heads"])
-        return cls(
-            architecture=d["architecture"],
-            hidden_size=d["hidden_size"],
-            num_layers=d["num_hidden_layers"],
-            num_heads=d["num_attention_heads"],
-            num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-            head_dim=hd,
-            vocab_size=d["vocab_size"],
-            activation="swiglu" if llama else d["hidden_act"],
-            norm="rmsnorm" if llama else "layernorm",
-            norm_eps=float(d.get("norm_epsilon", 1e-5)),
-            rotary_dim=int(hd * float(1.0 if llama else d.get("rotary_pct", 1.0))),
-            rotary_base=float(d.get("rotary_base", 10000.0)),
-            tp=d["mapping"]["tp_size"],
-            pp=d["mapping"]["pp_size"],
-            compact_head=d.get("reward_head", {}).get("lm_head") == "compact",
-            parallel_embedding=bool(d.get("use_parallel_embedding", False)),
-        )
+    def from_rank_files(cls, files: RankFiles) -> Weights:
+        """Every tensor the architecture needs, or an error naming the missing one."""
 
-    @property
-    def gated(self) -> bool:
-        return self.activation in ("swiglu", "silu")
+        def norm(weight: str, bias: str, layer: int | None = None) -> Norm:
+            return Norm(files.whole(weight, layer), files.whole(bias, layer) if files.has(bias) else None)
 
-
-def _load_weights(directory: Path, cfg: EngineConfig) -> dict[str, torch.Tensor]:
-    """Read every rank file and return whole (unsharded) weights under global layer indices."""
-    t, pp = cfg.tp, cfg.pp
-    shards: list[dict[str, torch.Tensor]] = []
-    for rank in range(t * pp):
-        path = directory / f"rank{rank}.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: rank file missing (checkpoint mapping has {t * pp} ranks)")
-        with safe_open(str(path), framework="pt") as f:
-            shards.append({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 - safe_open has no __iter__
-    stage = [shards[s * t : (s + 1) * t] for s in range(pp)]
-    hd, kv = cfg.head_dim, cfg.num_kv_heads
-    q_rows = cfg.num_heads // t * hd
-    kv_rows = max(kv // t, 1) * hd
-    # KV head j lives on the first rank whose slice holds it (ranks replicate heads when kv < tp).
-    kv_ranks = list(range(t)) if kv >= t else [j * t // kv for j in range(kv)]
-
-    emb = [r["transformer.vocab_embedding.weight"] for r in stage[0]]
-    w: dict[str, torch.Tensor] = {"embedding": torch.cat(emb)[: cfg.vocab_size] if cfg.parallel_embedding else emb[0]}
-    layer = 0
-    for s in range(pp):
-        local = 0
-        while f"transformer.layers.{local}.attention.qkv.weight" in stage[s][0]:
-
-            def get(name: str, s: int = s, local: int = local) -> list[torch.Tensor]:
-                return [r[f"transformer.layers.{local}.{name}"] for r in stage[s]]
-
-            qkv = get("attention.qkv.weight")
-            p = f"layers.{layer}."
-            w[p + "qkv"] = torch.cat(  # global [q; k; v] rows: one GEMM for all three
-                [x[:q_rows] for x in qkv]
-                + [qkv[r][q_rows : q_rows + kv_rows] for r in kv_ranks]
-                + [qkv[r][q_rows + kv_rows :] for r in kv_ranks]
+        layers = [
+            Layer(
+                input_layernorm=norm(LN1_W, LN1_B, i),
+                qkv=files.whole(QKV, i),
+                dense=files.whole(PROJ, i),
+                post_layernorm=norm(LN2_W, LN2_B, i),
+                fc=files.whole(FC1, i),
+                proj=files.whole(FC2, i),
             )
-            w[p + "dense"] = torch.cat(get("attention.dense.weight"), dim=1)
-            if cfg.gated:  # [fc; gate] rows: one GEMM, fc goes through the activation
-                w[p + "fc_gate"] = torch.cat(get("mlp.fc.weight") + get("mlp.gate.weight"))
-            else:
-                w[p + "fc"] = torch.cat(get("mlp.fc.weight"))
-            w[p + "proj"] = torch.cat(get("mlp.proj.weight"), dim=1)
-            for n in ("input_layernorm", "post_layernorm"):
-                for kind in ("weight", "bias"):
-                    key = f"transformer.layers.{local}.{n}.{kind}"
-                    if key in stage[s][0]:
-                        w[f"{p}{n}.{kind}"] = stage[s][0][key]
-            local += 1
-            layer += 1
-    if layer != cfg.num_layers:
-        raise ValueError(f"{directory}: rank files hold {layer} layers, config.json says {cfg.num_layers}")
-    last = stage[pp - 1]
-    w["ln_f.weight"] = last[0]["transformer.ln_f.weight"]
-    if "transformer.ln_f.bias" in last[0]:
-        w["ln_f.bias"] = last[0]["transformer.ln_f.bias"]
-    heads = [r["lm_head.weight"] for r in last]
-    w["lm_head"] = heads[0] if cfg.compact_head else torch.cat(heads)
-    return w
+            for i in range(files.cfg.num_layers)
+        ]
+        return cls(files.whole(EMBEDDING), layers, norm(LNF_W, LNF_B), files.whole(HEAD_W))
+
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor under a dotted path of fields (`layers.0.qkv`, `ln_f.bias`, ...); absent biases left out."""
+        out: dict[str, torch.Tensor] = {}
+
+        def add(path: str, value: object) -> None:
+            if isinstance(value, torch.Tensor):
+                out[path] = value
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    add(f"{path}.{i}", item)
+            elif dataclasses.is_dataclass(value):
+                for f in dataclasses.fields(value):
+                    add(f"{path}.{f.name}" if path else f.name, getattr(value, f.name))
+
+        add("", self)
+        return out
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Weights:
+        """The GEMM weights and embedding in `dtype`; the final norm and lm_head in float32 (TensorRT-LLM's
+        `logits_dtype` float32)."""
+
+        def cast(t: torch.Tensor, dt: torch.dtype = dtype) -> torch.Tensor:
+            return t.to(device, dt).contiguous()
+
+        def norm(n: Norm, dt: torch.dtype = dtype) -> Norm:
+            return Norm(cast(n.weight, dt), None if n.bias is None else cast(n.bias, dt))
+
+        layers = [
+            Layer(norm(x.input_layernorm), cast(x.qkv), cast(x.dense), norm(x.post_layernorm), cast(x.fc), cast(x.proj))
+            for x in self.layers
+        ]
+        return Weights(cast(self.embedding), layers, norm(self.ln_f, torch.float32), cast(self.lm_head, torch.float32))
 
 
 # SDPA backends the engine allows: CPU: the flash kernel; GPU: flash, cuDNN or memory-efficient. Never math.
@@ -145,60 +122,27 @@ FUSED_ATTENTION = {
 
 CPU_CHUNK_TOKENS = 2048
 
-_FLOAT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """`float32` | `bfloat16` | `float16` (also `fp32`, `bf16`, `fp16`) → torch dtype."""
-    if isinstance(name, torch.dtype):
-        return name
-    alias = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
-    if alias not in _FLOAT:
-        raise ValueError(f"dtype must be one of {', '.join(_FLOAT)}, got {name!r}")
-    return _FLOAT[alias]
-
-
-def checkpoint_dtype(directory: str | os.PathLike[str]) -> str:
-    """The dtype a converted checkpoint stores its weights in (config.json `dtype`), e.g. "bfloat16"."""
-    name = json.loads((Path(directory) / "config.json").read_text()).get("dtype", "float32")
-    return str(parse_dtype(name)).removeprefix("torch.")
-
 
 class TorchEngine:
     """`batch_invariant=True` runs one forward per sequence, so a sequence's scores never depend on what it was
     batched with (packed GEMMs of different sizes differ in the last float bits); it trades throughput for
     bit-reproducible reruns (e.g. an annotation job resumed at another concurrency).
 
-    `weights` are whole (unsharded) tensors named as `_load_weights` returns them: per layer either `q`, `k`, `v`
-    or the fused `qkv` ([q; k; v] rows), and for gated MLPs `fc` + `gate` or the fused `fc_gate` ([fc; gate]).
+    `weights` are whole (unsharded) tensors (`Weights.from_rank_files`, or built directly as the benchmark does).
     """
 
     def __init__(
         self,
         cfg: EngineConfig,
-        weights: dict[str, torch.Tensor],
+        weights: Weights,
         device: str | torch.device,
         dtype: torch.dtype,
         batch_invariant: bool = False,
     ):
         self.cfg, self.device, self.dtype, self.batch_invariant = cfg, torch.device(device), dtype, batch_invariant
-        head_names = {"ln_f.weight", "ln_f.bias", "lm_head"}
-        w: dict[str, torch.Tensor] = {}
-        for i in range(cfg.num_layers):
-            p = f"layers.{i}."
-            if p + "qkv" not in weights:
-                weights = {**weights, p + "qkv": torch.cat([weights[p + "q"], weights[p + "k"], weights[p + "v"]])}
-            if cfg.gated and p + "fc_gate" not in weights:
-                weights = {**weights, p + "fc_gate": torch.cat([weights[p + "fc"], weights[p + "gate"]])}
-            names = ["qkv", "dense", "fc_gate" if cfg.gated else "fc", "proj"]
-            names += [f"{n}.{k}" for n in ("input_layernorm", "post_layernorm") for k in ("weight", "bias")]
-            for n in names:
-                if p + n in weights:
-                    w[p + n] = weights[p + n].to(self.device, dtype).contiguous()
-        w["embedding"] = weights["embedding"].to(self.device, dtype)
-        for n in head_names & weights.keys():  # the head runs in float32 (TensorRT-LLM: logits_dtype float32)
-            w[n] = weights[n].to(self.device, torch.float32).contiguous()
-        self.w = w
+        if len(weights.layers) != cfg.num_layers:
+            raise ValueError(f"{len(weights.layers)} layers of weights for a config of {cfg.num_layers}")
+        self.w = weights.to(self.device, dtype)
         rd = cfg.rotary_dim
         self.inv_freq = 1.0 / (
             cfg.rotary_base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=self.device) / rd)
@@ -220,19 +164,18 @@ class TorchEngine:
         batch_invariant: bool = False,
     ) -> TorchEngine:
         """`dtype` "auto" computes in the checkpoint's own dtype (config.json `dtype`)."""
-        directory = Path(directory)
-        cfg = EngineConfig.from_json(json.loads((directory / "config.json").read_text()))
+        cfg = EngineConfig.load(directory)
         dt = parse_dtype(checkpoint_dtype(directory) if dtype == "auto" else dtype)
-        return cls(cfg, _load_weights(directory, cfg), device, dt, batch_invariant)
+        return cls(cfg, Weights.from_rank_files(RankFiles(directory, cfg)), device, dt, batch_invariant)
 
     @property
     def output_size(self) -> int:
-        return self.w["lm_head"].shape[0]
+        return self.w.lm_head.shape[0]
 
     # -- building blocks -----------------------------------------------------------------------------
-    def _norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+    def _norm(self, x: torch.Tensor, norm: Norm) -> torch.Tensor:
         """LayerNorm / RMSNorm; statistics in float32 whatever the dtype of x (the kernels accumulate in fp32)."""
-        w = self.w[prefix + ".weight"]
+        w = norm.weight
         if self.cfg.norm == "rmsnorm":
             if x.dtype == torch.float32:
                 return F.rms_norm(x, (x.shape[-1],), w, self.cfg.norm_eps)
@@ -241,7 +184,7 @@ class TorchEngine:
             ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
             scale = ss.square_().div_(x.shape[-1]).add_(self.cfg.norm_eps).rsqrt_()
             return torch.mul(x, scale, out=torch.empty_like(x)).mul_(w)
-        return F.layer_norm(x, (x.shape[-1],), w, self.w.get(prefix + ".bias"), self.cfg.norm_eps)
+        return F.layer_norm(x, (x.shape[-1],), w, norm.bias, self.cfg.norm_eps)
 
     def _rotary_tables(self, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [N, 1, rotary_dim / 2] (float32) at every packed token's position within its sequence."""
@@ -265,30 +208,30 @@ class TorchEngine:
         torch.addcmul(x1 * cos, x2, sin, value=-1.0, out=x1)  # x1' = x1 cos - x2 sin (x2 still the input)
         x2.copy_(r2)
 
-    def _mlp_(self, x: torch.Tensor, p: str, chunks: Sequence[tuple[int, int]]) -> None:
+    def _mlp_(self, x: torch.Tensor, layer: Layer, chunks: Sequence[tuple[int, int]]) -> None:
         """x += MLP(post_layernorm(x)), in place, one token chunk at a time (its intermediate stays in cache)."""
         act = self.cfg.activation
         for start, end in chunks:
             xc = x[start:end]
-            h = self._norm(xc, p + "post_layernorm")
-            if self.cfg.gated:
-                h = F.linear(h, self.w[p + "fc_gate"])
+            h = self._norm(xc, layer.post_layernorm)
+            if self.cfg.arch.gated:
+                h = F.linear(h, layer.fc)
                 f = h.shape[-1] // 2
                 h = F.silu(h[:, :f]).mul_(h[:, f:])
             else:
-                h = F.linear(h, self.w[p + "fc"])
+                h = F.linear(h, layer.fc)
                 if act == "squared-relu":
                     h = torch.relu_(h).square_()
                 elif act == "gelu":
                     h = F.gelu(h, approximate="tanh")
                 else:
                     raise ValueError(f"activation '{act}' not supported")
-            xc.addmm_(h, self.w[p + "proj"].t())
+            xc.addmm_(h, layer.proj.t())
 
     def _attention_(
         self,
         x: torch.Tensor,
-        p: str,
+        layer: Layer,
         lengths: Sequence[int],
         chunks: Sequence[tuple[int, int]],
         cos: torch.Tensor,
@@ -297,10 +240,10 @@ class TorchEngine:
         """x += attention(input_layernorm(x)), in place."""
         c = self.cfg
         n, nh, nkv = x.shape[0], c.num_heads, c.num_kv_heads
-        w_qkv = self.w[p + "qkv"]
+        w_qkv = layer.qkv
         qkv = torch.empty(n, nh + 2 * nkv, c.head_dim, dtype=x.dtype, device=x.device)
         for start, end in chunks:
-            torch.mm(self._norm(x[start:end], p + "input_layernorm"), w_qkv.t(), out=qkv[start:end].flatten(1))
+            torch.mm(self._norm(x[start:end], layer.input_layernorm), w_qkv.t(), out=qkv[start:end].flatten(1))
             self._rope_(qkv[start:end, : nh + nkv], cos[start:end], sin[start:end])
         q = qkv[:, :nh]
         gqa = nkv != nh and not self.expand_kv
@@ -319,7 +262,7 @@ class TorchEngine:
                 out[start:end] = self._sdpa(q[start:end], k[start:end], v[start:end], gqa)
                 start = end
         out = out.view(n, nh * c.head_dim)
-        w_dense = self.w[p + "dense"].t()
+        w_dense = layer.dense.t()
         for start, end in chunks:
             x[start:end].addmm_(out[start:end], w_dense)
 
@@ -352,14 +295,13 @@ class TorchEngine:
         cos, sin = self._rotary_tables(lengths)
         last = (torch.tensor(list(itertools.accumulate(lengths))) - 1).to(self.device, non_blocking=True)
 
-        x = self.w["embedding"][ids]
+        x = self.w.embedding[ids]
         n = x.shape[0]
         step = self.chunk_tokens or n
         chunks = [(s, min(s + step, n)) for s in range(0, n, step)]
         with sdpa_kernel(FUSED_ATTENTION[self.device.type == "cpu"]):  # a fused kernel or an error, never math
-            for i in range(self.cfg.num_layers):
-                p = f"layers.{i}."
-                self._attention_(x, p, lengths, chunks, cos, sin)
-                self._mlp_(x, p, chunks)
-        h = self._norm(x[last].float(), "ln_f")
-        return F.linear(h, self.w["lm_head"])
+            for layer in self.w.layers:
+                self._attention_(x, layer, lengths, chunks, cos, sin)
+                self._mlp_(x, layer, chunks)
+        h = self._norm(x[last].float(), self.w.ln_f)
+        return F.linear(h, self.w.lm_head)

@@ -13,19 +13,52 @@ exchange) until the input fits; otherwise an over-length input is an error namin
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
-from reward_triton import template
+from reward_triton import metadata
 from reward_triton.conversation import Conversation, ConversationError, loads
 from reward_triton.errors import RequestError
 from reward_triton.metadata import RewardMetadata
-from reward_triton.tokenizer import Tokenizer
+from reward_triton.stages import Failure, guarded
 
 TEXT_INPUTS = ("conversation", "text", "sentences")
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+
+
+class Tokenizer:
+    """SentencePiece as the reward model was trained with it: ids of the text only, no BOS and no EOS."""
+
+    def __init__(self, model_file: str | os.PathLike[str]) -> None:
+        path = Path(model_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer model not found")
+        self.path = path
+        self._sp = spm.SentencePieceProcessor(model_file=str(path))
+
+    @classmethod
+    def from_metadata(cls, directory: str | os.PathLike[str], meta: RewardMetadata | None = None) -> Tokenizer:
+        meta = meta or RewardMetadata.load(directory)
+        return cls(meta.tokenizer_path(directory))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+    @property
+    def eos_id(self) -> int:
+        """The EOS token id, -1 when the model has none."""
+        return int(self._sp.eos_id())
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._sp.encode(text, add_bos=False, add_eos=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._sp.decode(ids))
 
 
 @dataclass(frozen=True)
@@ -54,6 +87,10 @@ class Prepared:
 
 
 class Preprocessor:
+    """The `preprocessing` stage: `run(batch)` gives each request its token ids or its own Failure."""
+
+    input_names = ("conversation", "text", "sentences", "truncate", "add_EOS")
+
     def __init__(
         self, meta: RewardMetadata, tokenizer: Tokenizer, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     ) -> None:
@@ -69,6 +106,9 @@ class Preprocessor:
         meta = RewardMetadata.load(directory)
         return cls(meta, Tokenizer.from_metadata(directory, meta), max_request_bytes)
 
+    def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | Failure]:
+        return [guarded(lambda inputs=inputs: self.prepare(inputs).tensors()) for inputs in batch]
+
     # ---- one decoded input ----
     def _too_long(self, n: int, what: str) -> RequestError:
         return RequestError(
@@ -82,7 +122,7 @@ class Preprocessor:
         return ids
 
     def conversation(self, conv: Conversation, truncate: bool = False) -> Prepared:
-        ids = self._encode(template.render(conv, self.meta), "conversation")
+        ids = self._encode(metadata.render(conv, self.meta), "conversation")
         if len(ids) <= self.max_input_len:
             return Prepared(ids)
         if not truncate:
@@ -94,7 +134,7 @@ class Preprocessor:
             raise RequestError(f"{self._too_long(len(ids), 'conversation')}, and it has no earlier turns to drop")
 
         def attempt(k: int) -> list[int]:
-            return self._encode(template.render(conv.without_turns(0, groups[k - 1][1]), self.meta), "conversation")
+            return self._encode(metadata.render(conv.without_turns(0, groups[k - 1][1]), self.meta), "conversation")
 
         shortest = attempt(len(groups))
         if len(shortest) > self.max_input_len:

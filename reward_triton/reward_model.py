@@ -11,7 +11,7 @@ One request carries B rows, in one of two forms (NeMo-Aligner's PyTriton server 
 Outputs: `rewards` FP32 [B, K] (K = 1 for a one-output model) and `exceeded` INT32 [B, 1].
 
 The engine (`tensorrt_llm`, TensorRT-LLM's in-flight batcher or the PyTorch engine) takes one unpadded sequence per
-request, so the Triton model (model_repository/reward_model/1/model.py, through `triton_adapter.execute_fanout`)
+request, so the Triton model (model_repository/reward_model/1/model.py, through `execute_fanout` below)
 validates every row here (`rows`: any bad row rejects the whole request, nothing is scored), sends each row to the
 engine as its own request, concurrently, turns each answer's logits into scores with the postprocessing stage's
 head code (`head.scores_of`) and assembles the outputs (`finish`).
@@ -19,15 +19,17 @@ head code (`head.scores_of`) and assembles the outputs (`finish`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from reward_triton.errors import RequestError
 from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
-from reward_triton.stages import Inputs, Outputs, PostprocessStage
+from reward_triton.stages import Failure, Inputs, Outputs, PostprocessStage, error_response, guarded, read_inputs
 
 ENGINE_MODEL = "tensorrt_llm"
 ENGINE_INPUTS = ("input_ids", "input_lengths", "request_output_len", "return_generation_logits")
@@ -153,3 +155,56 @@ class RewardModelStage:
             "rewards": np.concatenate(scores, axis=0).astype(np.float32),
             "exceeded": np.asarray(rows.exceeded, dtype=np.int32)[:, None],
         }
+
+
+# ---- Triton side (BLS fan-out): one request of B rows → B concurrent engine requests ---------------------------
+MAX_ROWS_IN_FLIGHT = 256  # per execute(): bounds the engine responses (full-vocab logits) held in shared memory
+
+
+def _engine_failure(pb: Any, response: Any, row: int) -> Failure | None:
+    """The engine's answer for one row as a Failure, None when it succeeded. The engine's INVALID_ARG and
+    UNAVAILABLE (e.g. its queue is full) keep their kind; anything else is INTERNAL."""
+    if not response.has_error():
+        return None
+    error = response.error()
+    code = error.code() if hasattr(error, "code") else None
+    invalid = code is not None and code == pb.TritonError.INVALID_ARG
+    unavailable = code is not None and code == getattr(pb.TritonError, "UNAVAILABLE", object())
+    return Failure(f"row {row}: {error.message()}", invalid, retryable=unavailable)
+
+
+async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[Any]) -> list[Any]:
+    """`reward_model`: validate each request's rows (`stage.rows`), send the rows of every request to the engine
+    concurrently (`async_exec`, at most MAX_ROWS_IN_FLIGHT at a time), reduce each answer to its scores as it
+    arrives, and build each request's outputs (`stage.finish`). A request with a bad row is rejected whole; an engine
+    failure fails only the request whose row it was."""
+    slots = asyncio.Semaphore(MAX_ROWS_IN_FLIGHT)
+
+    async def score(rows: Rows, i: int) -> Any:
+        async with slots:
+            tensors = [pb.Tensor(name, array) for name, array in rows.engine_inputs(i).items()]
+            request = pb.InferenceRequest(
+                model_name=ENGINE_MODEL, inputs=tensors, requested_output_names=[ENGINE_OUTPUT]
+            )
+            response = await request.async_exec()
+            failure = _engine_failure(pb, response, i)
+            if failure is not None:
+                return failure
+            return stage.head.scores_of(pb.get_output_tensor_by_name(response, ENGINE_OUTPUT).as_numpy())
+
+    async def one(rows: Rows | Failure) -> Any:
+        if isinstance(rows, Failure):
+            return error_response(pb, rows)
+        answers = await asyncio.gather(*(score(rows, i) for i in range(len(rows.sequences))), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                return error_response(pb, Failure.of(answer))
+            if isinstance(answer, Failure):
+                return error_response(pb, answer)
+        result = guarded(lambda: stage.finish(rows, answers))
+        if isinstance(result, Failure):
+            return error_response(pb, result)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()])
+
+    prepared = [guarded(lambda r=r: stage.rows(read_inputs(pb, stage, r))) for r in requests]
+    return list(await asyncio.gather(*(one(rows) for rows in prepared)))

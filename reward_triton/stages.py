@@ -1,25 +1,65 @@
-"""The Triton stages as plain numpy-in / numpy-out classes (the model.py files only adapt pb_utils to these).
+"""The Triton side of the ensemble's stages: pb_utils requests → numpy inputs → each stage's `run` → responses.
 
-Each stage's `run(batch)` takes one dict of input arrays per request (absent optional inputs are None; arrays
-keep Triton's leading batch dim of 1) and returns, per request, a dict of output arrays or a `Failure`
-(`reward_triton.errors`: INVALID_ARG or INTERNAL for that request only). Whatever one request does, it gets its own
-result: every request runs under `errors.guarded`, and a failed batched engine forward is retried one sequence at a
-time so that only the sequence that fails gets the error.
+`execute(pb, stage, requests)` is what every model.py calls (`pb` is `triton_python_backend_utils`, passed in, so
+everything here is testable without a Triton process). A stage's `run(batch)` takes one dict of input arrays per
+request (absent optional inputs are None; arrays keep Triton's leading batch dim of 1) and returns, per request, a
+dict of output arrays or a `Failure` (below: INVALID_ARG or INTERNAL for that request only).
+Whatever one request does, it gets its own result: every request runs under `guarded`, and a failed batched
+engine forward is retried one sequence at a time so that only the sequence that fails gets the error.
+
+Stages: preprocessing is `reward_triton.preprocess.Preprocessor`; `EngineStage` (the `tensorrt_llm` contract on
+the PyTorch engine) and `PostprocessStage` (logits → scores and reward, `reward_triton.metadata`) are here.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from reward_triton import heads
-from reward_triton.errors import Failure, RequestError, ServerFault, guarded, log
+from reward_triton import metadata
+from reward_triton.errors import RequestError, ServerFault
 from reward_triton.metadata import RewardMetadata
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Preprocessor
+
+log = logging.getLogger("reward_triton")
+T = TypeVar("T")
+
+
+# ---- per-request results -----------------------------------------------------------------------------------------
+# A stage's `run` returns, per request, either its output tensors or a `Failure` (the kind and the message, without
+# the exception and its traceback: a traceback would keep the request's tensors alive until the cyclic garbage
+# collector runs, which for large requests is what made memory grow).
+@dataclass(frozen=True)
+class Failure:
+    message: str
+    invalid_request: bool  # True: INVALID_ARG (the client's mistake); False: INTERNAL (ours)
+    retryable: bool = False  # UNAVAILABLE: the server is busy or restarting, the same request may succeed later
+
+    @classmethod
+    def of(cls, error: BaseException) -> Failure:
+        if isinstance(error, RequestError):
+            return cls(str(error), True)
+        if isinstance(error, ServerFault):
+            return cls(str(error), False)
+        return cls(f"internal error: {type(error).__name__}: {error}", False)
+
+
+def guarded(fn: Callable[[], T]) -> T | Failure:
+    """`fn()`, or the Failure that its exception means. Unexpected exceptions are logged with their traceback."""
+    try:
+        return fn()
+    except (RequestError, ServerFault) as e:
+        return Failure.of(e)
+    except Exception as e:
+        log.exception("request failed with an unexpected error")
+        return Failure.of(e)
+
 
 Inputs = Mapping[str, np.ndarray | None]
 Outputs = dict[str, np.ndarray]
@@ -50,16 +90,6 @@ def _scalar(name: str, array: np.ndarray | None, default: Any, dtype: type) -> A
     return dtype(flat[0])
 
 
-class PreprocessStage:
-    input_names = ("conversation", "text", "sentences", "truncate", "add_EOS")
-
-    def __init__(self, model_dir: str | os.PathLike[str], max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
-        self.pre = Preprocessor.from_dir(model_dir, max_request_bytes)
-
-    def run(self, batch: Sequence[Inputs]) -> list[Result]:
-        return [guarded(lambda inputs=inputs: self.pre.prepare(inputs).tensors()) for inputs in batch]
-
-
 class PostprocessStage:
     input_names = ("generation_logits",)
 
@@ -68,19 +98,19 @@ class PostprocessStage:
 
     def scores_of(self, logits: np.ndarray) -> np.ndarray:
         """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
-        the reward position. A head that does not fit the engine's logits is a server fault (HeadError)."""
+        the reward position. A head that does not fit the engine's logits is a server fault (metadata.HeadError)."""
         arr = np.asarray(logits, dtype=np.float32)
         if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
             raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")
         last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
-        return heads.scores(last, self.meta)
+        return metadata.scores(last, self.meta)
 
     def _one(self, inputs: Inputs) -> Outputs:
         logits = inputs.get("generation_logits")
         if logits is None:
             raise RequestError("input 'generation_logits' is missing")
         s = self.scores_of(logits)
-        return {"scores": s, "reward": heads.reward(s, self.meta)[:, None]}
+        return {"scores": s, "reward": metadata.reward(s, self.meta)[:, None]}
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         return [guarded(lambda inputs=inputs: self._one(inputs)) for inputs in batch]
@@ -155,7 +185,7 @@ class EngineStage:
 
     def _forward(self, seqs: list[list[int]]) -> np.ndarray:
         logits = np.asarray(self.engine.logits(seqs).float().cpu().numpy(), dtype=np.float32)
-        if logits.shape[0] != len(seqs):  # non-finite reward logits are caught by the head (heads.scores)
+        if logits.shape[0] != len(seqs):  # non-finite reward logits are caught by the head (metadata.scores)
             raise ServerFault(f"the engine returned logits of shape {list(logits.shape)} for {len(seqs)} sequences")
         return logits
 
@@ -192,3 +222,53 @@ class EngineStage:
                 "generation_logits": row.reshape(1, 1, 1, -1).astype(np.float32),  # [1, beams, out_len, V]
             }
         return out
+
+
+# ---- pb_utils ↔ numpy -------------------------------------------------------------------------------------------
+def parameters(args: dict[str, Any]) -> dict[str, str]:
+    """`initialize(args)` → the model config's parameters as {key: string_value}."""
+    config = json.loads(args["model_config"])
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+def require(params: dict[str, str], key: str) -> str:
+    value = params.get(key, "")
+    if not value or value.startswith("${"):
+        raise ValueError(f"model config parameter '{key}' is not set (render the repository with `make engine`)")
+    return value
+
+
+def read_inputs(pb: Any, stage: Any, request: Any) -> Inputs:
+    """The request's tensors named in `stage.input_names` (None for an absent optional input)."""
+    inputs = {}
+    for name in stage.input_names:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        inputs[name] = None if tensor is None else tensor.as_numpy()
+    return inputs
+
+
+def error_response(pb: Any, failure: Failure) -> Any:
+    code = pb.TritonError.INVALID_ARG if failure.invalid_request else pb.TritonError.INTERNAL
+    if failure.retryable:
+        code = getattr(pb.TritonError, "UNAVAILABLE", code)
+    return pb.InferenceResponse(error=pb.TritonError(failure.message, code))
+
+
+def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
+    """One response per request, each with its own result or its own error (`reward_triton.errors`)."""
+    read = [guarded(lambda r=r: read_inputs(pb, stage, r)) for r in requests]
+    batch = [inputs for inputs in read if not isinstance(inputs, Failure)]
+    try:
+        results = iter(stage.run(batch))
+    except Exception as e:  # a stage isolates its requests itself; this is a bug in the stage
+        log.exception("stage %s failed on a batch of %d", type(stage).__name__, len(batch))
+        failure = Failure.of(e)
+        results = iter([failure] * len(batch))
+    responses = []
+    for inputs in read:
+        result = inputs if isinstance(inputs, Failure) else next(results)
+        if isinstance(result, Failure):
+            responses.append(error_response(pb, result))
+        else:
+            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()]))
+    return responses

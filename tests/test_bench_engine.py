@@ -45,10 +45,11 @@ def test_hf_padded_batch_equals_one_by_one(arch):
 
 def test_random_weights_reproducible_and_bf16():
     shape = be.PRESETS["tiny-llama"]
-    a, b = be.random_weights(shape, seed=5), be.random_weights(shape, seed=5)
+    a, b = be.random_weights(shape, seed=5).named_tensors(), be.random_weights(shape, seed=5).named_tensors()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(t.dtype == torch.bfloat16 for t in a.values())
-    assert a["layers.0.fc_gate"].shape == (2 * shape.ffn, shape.hidden)
+    assert a["layers.0.fc"].shape == (2 * shape.ffn, shape.hidden)  # [fc; gate]
+    assert "ln_f.bias" not in a  # RMSNorm: no bias
 
 
 def test_presets_have_the_published_sizes():

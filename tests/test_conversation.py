@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from convo import from_turns
 
-from reward_triton import template
-from reward_triton.conversation import Conversation, ConversationError, Turn, from_turns, loads, parse, to_openai
+from reward_triton import metadata
+from reward_triton.conversation import Conversation, ConversationError, Turn, loads, parse
 from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, RewardMetadata
 
 
@@ -37,7 +38,6 @@ def test_openai_and_nemo_forms_agree() -> None:
     }
     a, b = parse(openai), loads(json.dumps(nemo).encode())
     assert a == b == Conversation(turns=(Turn("user", "Hi"), Turn("assistant", "Hello")), system="Be nice.")
-    assert parse(to_openai(a)) == a
 
 
 def test_nemo_custom_mask_and_missing_system() -> None:
@@ -82,7 +82,7 @@ def test_errors_name_the_problem(payload: bytes, needle: str) -> None:
 
 def test_render_single_turn_default_system() -> None:
     conv = from_turns([("user", "What is 1+1?"), ("assistant", "2")])
-    assert template.render(conv, _meta()) == (
+    assert metadata.render(conv, _meta()) == (
         f"<extra_id_0>System\n{DEFAULT_SYSTEM_PROMPT}\n<extra_id_1>User\nWhat is 1+1?\n"
         "<extra_id_1>Assistant\n2\n<extra_id_2>"
     )
@@ -93,9 +93,9 @@ def test_prefixes_continue_without_label() -> None:
     the earlier one without its label (NeMo-Aligner's annotation semantics)."""
     conv = from_turns([("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")], system="S")
     first = "<extra_id_0>System\nS\n<extra_id_1>User\nu1\n<extra_id_1>Assistant\na1\n"
-    assert template.render(conv.without_turns(2, 4), _meta()) == first + "<extra_id_2>"
-    assert template.render(conv, _meta()) == first + "<extra_id_1>User\nu2\n<extra_id_1>Assistant\na2\n<extra_id_2>"
-    assert template.render(from_turns([("user", "x"), ("assistant", "")], system=""), _meta()).startswith(
+    assert metadata.render(conv.without_turns(2, 4), _meta()) == first + "<extra_id_2>"
+    assert metadata.render(conv, _meta()) == first + "<extra_id_1>User\nu2\n<extra_id_1>Assistant\na2\n<extra_id_2>"
+    assert metadata.render(from_turns([("user", "x"), ("assistant", "")], system=""), _meta()).startswith(
         "<extra_id_0>System\n\n"
     )
 

@@ -132,7 +132,7 @@ def test_nemo_tar_in_place(tmp_path, oracle):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The 8×2 rank files against the name/shape table of trtllm.md, computed here from the table, not the converter.
+# The 8×2 rank files against the name/shape table of docs/formats.md, written out here, not taken from the converter.
 def _expected_table(cfg: dict, vocab: int, k: int, tp: int, pp: int) -> dict[int, dict[str, tuple[int, ...]]]:
     h, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     nkv = cfg["num_query_groups"] or nh

@@ -27,8 +27,7 @@ from client.api import RewardClient, Score
 from demo import data
 from demo.train import spearman
 from reward_triton.conversation import from_nemo
-from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES, RewardMetadata
-from reward_triton.template import render
+from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES, RewardMetadata, render
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"

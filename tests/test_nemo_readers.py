@@ -13,19 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from build_engine.fixtures import (
-    ARCHS,
-    FORMATS,
-    fixture_config,
-    fixture_spec,
-    fixture_tensors,
-    train_tokenizer,
-    write_fixture,
-    write_nemo_checkpoint,
-)
+from build_engine.fixtures import ARCHS, fixture_config, fixture_spec, fixture_tensors, train_tokenizer, write_fixture
 from build_engine.nemo import Archive, CheckpointError, open_checkpoint
 from build_engine.nemo.source import DistWeightSource
-from build_engine.spec import EMBEDDING, FC1, HEAD_W, LN1_B, LN1_W, LN2_W, QKV, ModelSpec
+from build_engine.nemo.writer import FORMATS, write_nemo_checkpoint
+from build_engine.spec import ModelSpec
+from reward_triton.weights import EMBEDDING, FC1, HEAD_W, LN1_B, LN1_W, LN2_W, QKV
 
 QKV_KEY = f"model.{QKV}"
 

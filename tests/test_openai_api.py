@@ -31,10 +31,10 @@ import pytest
 from fastapi.testclient import TestClient
 from triton_server import RunningServer, conversation_input, infer, make_client, serve_fixture
 
-from build_engine import launcher
 from build_engine.repository import RenderOptions
 from client.api import ModelMetadata, RewardClient, Score
 from client.openai_server import GatewayConfig, create_app
+from reward_triton import launcher
 from reward_triton.server import free_port
 
 REWARD_OPENAI = Path(sys.executable).with_name("reward-openai")

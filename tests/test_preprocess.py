@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+from convo import from_turns
 
 from build_engine import fixtures
-from reward_triton import heads, template
-from reward_triton.conversation import from_turns, loads
-from reward_triton.errors import Failure, RequestError
+from reward_triton import metadata
+from reward_triton.conversation import loads
+from reward_triton.errors import RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
-from reward_triton.preprocess import Preprocessor
-from reward_triton.stages import EngineStage, PostprocessStage, PreprocessStage
-from reward_triton.tokenizer import Tokenizer
+from reward_triton.preprocess import Preprocessor, Tokenizer
+from reward_triton.stages import EngineStage, Failure, PostprocessStage
 
 MAX_LEN = 400
 
@@ -56,7 +56,7 @@ def _conv_json(n_exchanges: int, words: int = 6) -> str:
 def test_tokenizes_rendered_text_without_bos_eos(pre: Preprocessor, model_dir: Path) -> None:
     conv = from_turns([("user", "What is 1+1?"), ("assistant", "2")])
     sp = spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER_FILE))
-    text = template.render(conv, pre.meta)
+    text = metadata.render(conv, pre.meta)
     assert pre.conversation(conv).input_ids == list(sp.encode(text))
     assert sp.bos_id() not in pre.conversation(conv).input_ids
     ids = sp.encode("<extra_id_2>")
@@ -76,7 +76,7 @@ def test_request_tensors(pre: Preprocessor) -> None:
 
 def test_over_length_names_both_numbers(pre: Preprocessor) -> None:
     long = _conv_json(8)
-    n = len(pre.tokenizer.encode(template.render(loads(long), pre.meta)))
+    n = len(pre.tokenizer.encode(metadata.render(loads(long), pre.meta)))
     assert n > MAX_LEN
     with pytest.raises(RequestError, match=rf"{n} tokens.*{MAX_LEN} tokens.*truncate"):
         pre.prepare({"conversation": _obj(long)})
@@ -89,10 +89,10 @@ def test_truncate_drops_oldest_exchanges_only(pre: Preprocessor) -> None:
     out = pre.conversation(conv, truncate=True)
     assert out.truncated and out.num_tokens <= MAX_LEN and out.dropped_turns % 2 == 0 and out.dropped_turns > 0
     kept = conv.without_turns(0, out.dropped_turns)
-    assert out.input_ids == pre.tokenizer.encode(template.render(kept, pre.meta))
+    assert out.input_ids == pre.tokenizer.encode(metadata.render(kept, pre.meta))
     # dropping one exchange fewer would not fit: the fewest turns were dropped
     longer = conv.without_turns(0, out.dropped_turns - 2)
-    assert len(pre.tokenizer.encode(template.render(longer, pre.meta))) > MAX_LEN
+    assert len(pre.tokenizer.encode(metadata.render(longer, pre.meta))) > MAX_LEN
     # the system prompt and the last exchange stay
     text = pre.tokenizer.decode(out.input_ids)
     assert text.startswith("<extra_id_0>System\n") and "answer 7" in text and "question 7" in text
@@ -178,7 +178,7 @@ POISONS = [  # (conversation JSON, what the INVALID_ARG message must say)
 
 
 def test_preprocess_stage_isolates_errors(model_dir: Path) -> None:
-    stage = PreprocessStage(model_dir)
+    stage = Preprocessor.from_dir(model_dir)
     good = [{"text": _obj("hello")}, {"conversation": _obj(_openai("2+2?", "4"))}]
     batch = [good[0], *({"conversation": _obj(p)} for p, _ in POISONS), good[1]]
     out = stage.run(batch)
@@ -192,15 +192,15 @@ def test_preprocess_stage_isolates_errors(model_dir: Path) -> None:
 
 def test_unexpected_errors_are_internal_and_isolated(model_dir: Path) -> None:
     """A bug (any exception type) in one request's processing is INTERNAL for that request only."""
-    stage = PreprocessStage(model_dir)
-    real = stage.pre.tokenizer.encode
+    stage = Preprocessor.from_dir(model_dir)
+    real = stage.tokenizer.encode
 
     def flaky(text: str) -> list[int]:
         if "boom" in text:
             raise RuntimeError("tokenizer exploded")
         return real(text)
 
-    stage.pre.tokenizer.encode = flaky  # type: ignore[method-assign]
+    stage.tokenizer.encode = flaky  # type: ignore[method-assign]
     out = stage.run([{"text": _obj("a")}, {"text": _obj("boom")}, {"text": _obj("b")}])
     assert isinstance(out[0], dict) and isinstance(out[2], dict)
     assert isinstance(out[1], Failure) and not out[1].invalid_request
@@ -210,13 +210,13 @@ def test_unexpected_errors_are_internal_and_isolated(model_dir: Path) -> None:
 def test_heads_and_postprocess(model_dir: Path) -> None:
     meta = RewardMetadata.load(model_dir)
     logits = np.array([[1.0, 2.0, 3.0, 9.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    s = heads.scores(logits, meta)
+    s = metadata.scores(logits, meta)
     np.testing.assert_allclose(s, [[1.5, 1.0, 3.0], [0.5, -1.0, 0.0]])
-    np.testing.assert_allclose(heads.reward(s, meta), [-1.0, -2.0])
-    with pytest.raises(heads.HeadError):
-        heads.scores(np.zeros((1, 2)), meta)
-    with pytest.raises(heads.HeadError, match="non-finite"):  # a broken engine never yields a NaN reward
-        heads.scores(np.array([[0.0, np.nan, 0.0, 0.0]]), meta)
+    np.testing.assert_allclose(metadata.reward(s, meta), [-1.0, -2.0])
+    with pytest.raises(metadata.HeadError):
+        metadata.scores(np.zeros((1, 2)), meta)
+    with pytest.raises(metadata.HeadError, match="non-finite"):  # a broken engine never yields a NaN reward
+        metadata.scores(np.array([[0.0, np.nan, 0.0, 0.0]]), meta)
     post = PostprocessStage(model_dir)
     out, short, missing = post.run(
         [{"generation_logits": logits[0].reshape(1, 1, 1, 4)}, {"generation_logits": np.zeros((1, 1, 1, 2))}, {}]

@@ -351,7 +351,7 @@ def test_clean_up_keeps_regions_in_use(tmp_path: Path) -> None:
 def test_launcher_restarts_the_mpi_job_when_a_rank_fails(server: RunningServer, tmp_path: Path) -> None:
     """The multi-node launcher's path, on one CPU rank: real mpirun, the rank's tritonserver supervised with
     REWARD_TRITON_RESTART=0. A dead stub ends the rank, mpirun ends, the launcher starts the job again."""
-    from build_engine import launcher
+    from reward_triton import launcher
     from reward_triton.server import free_port
 
     venv = Path(sys.executable).parent
@@ -367,7 +367,7 @@ def test_launcher_restarts_the_mpi_job_when_a_rank_fails(server: RunningServer, 
     cmd = launcher.mpirun_command(1, server.repository, None, opts)
     leader = f"127.0.0.1:{opts.http_port}"
     code = (
-        f"import sys; from build_engine.launcher import run_supervised; sys.exit(run_supervised({cmd!r}, {leader!r}))"
+        f"import sys; from reward_triton.launcher import run_supervised; sys.exit(run_supervised({cmd!r}, {leader!r}))"
     )
     log = tmp_path / "launcher.log"  # a file, not a pipe: mpirun blocks on output nobody reads
     job = subprocess.Popen([sys.executable, "-c", code], stdout=log.open("wb"), stderr=subprocess.STDOUT)

@@ -16,53 +16,16 @@ from typing import Any
 import torch
 
 from build_engine.nemo.archive import Archive
-from build_engine.nemo.errors import CheckpointError
-from build_engine.spec import (
-    EMBEDDING,
-    FC1,
-    FC2,
-    HEAD_B,
-    HEAD_W,
-    LN1_B,
-    LN1_W,
-    LN2_B,
-    LN2_W,
-    LNF_B,
-    LNF_W,
-    PROJ,
-    QKV,
-)
+from build_engine.nemo.errors import CheckpointError, check_layer_arg, require_layer_tensor
+from reward_triton.weights import EMBEDDING, FC1, HEAD_W, LEGACY, LN1_W, LNF_W
 
 CKPT_NAME = "model_weights.ckpt"
-OUTPUT = "output_layer.weight"
 _AUTO = -1  # rm_head.weight: replicated, or split on dim 1 (decided against the hidden size)
 
 _RANK_DIR = re.compile(r"^(?:mp_rank_(\d+)|tp_rank_(\d+)_pp_rank_(\d+))$")
 _LAYER_KEY = re.compile(r"^language_model\.encoder\.layers\.(\d+)\.(.+)$")
-# per-layer legacy suffix -> (canonical name, TP split dim or None when replicated)
-LAYER_MAP: dict[str, tuple[str, int | None]] = {
-    "input_layernorm.weight": (LN1_W, None),
-    "input_layernorm.bias": (LN1_B, None),
-    "self_attention.query_key_value.weight": (QKV, 0),
-    "self_attention.query_key_value.bias": ("decoder.layers.self_attention.linear_qkv.bias", 0),
-    "self_attention.dense.weight": (PROJ, 1),
-    "self_attention.dense.bias": ("decoder.layers.self_attention.linear_proj.bias", None),
-    "post_attention_layernorm.weight": (LN2_W, None),
-    "post_attention_layernorm.bias": (LN2_B, None),
-    "mlp.dense_h_to_4h.weight": (FC1, 0),
-    "mlp.dense_h_to_4h.bias": ("decoder.layers.mlp.linear_fc1.bias", 0),
-    "mlp.dense_4h_to_h.weight": (FC2, 1),
-    "mlp.dense_4h_to_h.bias": ("decoder.layers.mlp.linear_fc2.bias", None),
-}
-GATED_NAMES = {FC1, "decoder.layers.mlp.linear_fc1.bias"}
-GLOBAL_MAP: dict[str, tuple[str, int | None]] = {
-    "language_model.embedding.word_embeddings.weight": (EMBEDDING, 0),
-    "language_model.encoder.final_layernorm.weight": (LNF_W, None),
-    "language_model.encoder.final_layernorm.bias": (LNF_B, None),
-    "language_model.output_layer.weight": (OUTPUT, 0),
-    "rm_head.weight": (HEAD_W, _AUTO),
-    "rm_head.bias": (HEAD_B, None),
-}
+_LAYER_TEMPLATE = "language_model.encoder.layers.{i}."
+GATED_NAMES = {FC1, "decoder.layers.mlp.linear_fc1.bias"}  # [act; up] halves per rank when the MLP is gated
 
 
 def find_rank_files(archive: Archive, base: str) -> dict[tuple[int, int], str] | None:
@@ -86,24 +49,24 @@ def find_rank_files(archive: Archive, base: str) -> dict[tuple[int, int], str] |
 
 
 def map_legacy_key(key: str) -> tuple[str, int | None, int | None] | None:
-    """Legacy state-dict key → (canonical name, local layer index or None, split dim), None if not a weight."""
+    """Legacy state-dict key → (canonical name, local layer index or None, split dim), None if not a weight.
+
+    The keys are the weight table's `legacy` column (reward_triton/weights.py)."""
     if key.startswith("model."):
         key = key[len("model.") :]
     if "_extra_state" in key:
         return None
+    layer = None
     m = _LAYER_KEY.match(key)
     if m is not None:
         suffix = m.group(2)
-        if suffix.startswith("attention."):
+        if suffix.startswith("attention."):  # older name of self_attention.
             suffix = "self_" + suffix
-        if suffix not in LAYER_MAP:
-            return None
-        name, split = LAYER_MAP[suffix]
-        return name, int(m.group(1)), split
-    if key in GLOBAL_MAP:
-        name, split = GLOBAL_MAP[key]
-        return name, None, split
-    return None
+        layer, key = int(m.group(1)), _LAYER_TEMPLATE + suffix
+    w = LEGACY.get(key)
+    if w is None:
+        return None
+    return w.name, layer, _AUTO if w.name == HEAD_W else w.nemo_split
 
 
 @dataclass
@@ -259,19 +222,14 @@ class LegacyWeightSource:
         parts = self._parts.get(name)
         if parts is None:
             raise CheckpointError(f"checkpoint has no tensor '{name}'")
-        if not name.startswith("decoder.layers."):
-            raise CheckpointError(f"tensor '{name}' is not a layer tensor")
+        require_layer_tensor(name)
         return max(k for k in parts if k is not None) + 1
 
     def _part(self, name: str, layer: int | None) -> _Part:
         parts = self._parts.get(name)
         if parts is None:
             raise CheckpointError(f"checkpoint has no tensor '{name}'")
-        is_layer = name.startswith("decoder.layers.")
-        if is_layer and layer is None:
-            raise CheckpointError(f"tensor '{name}' is a layer tensor: pass layer=")
-        if not is_layer and layer is not None:
-            raise CheckpointError(f"tensor '{name}' is not a layer tensor: layer= must be None")
+        check_layer_arg(name, layer)
         part = parts.get(layer)
         if part is None:
             raise CheckpointError(f"checkpoint has no tensor '{name}' for layer {layer}")

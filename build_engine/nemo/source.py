@@ -1,7 +1,7 @@
 """Open a NeMo checkpoint (`.nemo` tar read in place, or a directory) and expose its weights by canonical name.
 
 Canonical names are the mcore GPT names without the `model.` prefix, in the global (un-sharded) layout; names
-containing `decoder.layers.` are layer tensors read one layer at a time (see docs/design.md).
+containing `decoder.layers.` are layer tensors read one layer at a time (see docs/formats.md).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import torch
 import yaml
 
 from build_engine.nemo.archive import Archive
-from build_engine.nemo.errors import CheckpointError
+from build_engine.nemo.errors import CheckpointError, check_layer_arg, require_layer_tensor
 from build_engine.nemo.legacy import LegacyWeightSource, find_rank_files
 from build_engine.nemo.torch_dist import TorchDistStore
 from build_engine.nemo.zarr import ZarrStore
+from build_engine.spec import gated_config
 
 CONFIG_FILE = "model_config.yaml"
 WEIGHTS_DIR = "model_weights"
@@ -35,7 +36,6 @@ LAYER_ALIASES = {
     "pre_mlp_layernorm.bias": "mlp.linear_fc1.layer_norm_bias",
 }
 _PER_LAYER = re.compile(r"^(\d+)\.(.+)$")
-_GATED_ACTIVATIONS = ("swiglu", "geglu", "reglu")
 
 
 class WeightSource(Protocol):
@@ -137,8 +137,7 @@ class DistWeightSource:
         """Layers stored for layer tensor `name`; without a name, for the deepest layer tensor."""
         if name is not None:
             entry = self._entry(name)
-            if not name.startswith(LAYER_PREFIX):
-                raise CheckpointError(f"tensor '{name}' is not a layer tensor")
+            require_layer_tensor(name)
             return self.store.shape(entry.stacked)[0] if entry.stacked is not None else max(entry.per_layer) + 1
         return max((self.num_layers(n) for n in self._entries if n.startswith(LAYER_PREFIX)), default=0)
 
@@ -161,11 +160,7 @@ class DistWeightSource:
         cols: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         entry = self._entry(name)
-        is_layer = name.startswith(LAYER_PREFIX)
-        if is_layer and layer is None:
-            raise CheckpointError(f"tensor '{name}' is a layer tensor: pass layer=")
-        if not is_layer and layer is not None:
-            raise CheckpointError(f"tensor '{name}' is not a layer tensor: layer= must be None")
+        is_layer = check_layer_arg(name, layer)
         if entry.stacked is not None:
             key, shape = entry.stacked, self.store.shape(entry.stacked)
             lead: list[tuple[int, int]] = []
@@ -200,11 +195,6 @@ class DistWeightSource:
         self.store.close()
 
 
-def _is_gated(config: dict[str, Any]) -> bool:
-    act = str(config.get("activation", "")).lower()
-    return bool(config.get("gated_linear_unit")) or any(g in act for g in _GATED_ACTIVATIONS)
-
-
 def _open_weights(archive: Archive, config: dict[str, Any]) -> DistWeightSource | LegacyWeightSource:
     for base in (WEIGHTS_DIR, ""):
         meta_rel = f"{base}/{DIST_METADATA}" if base else DIST_METADATA
@@ -225,7 +215,7 @@ def _open_weights(archive: Archive, config: dict[str, Any]) -> DistWeightSource 
     for base in (WEIGHTS_DIR, ""):
         files = find_rank_files(archive, base)
         if files:
-            return LegacyWeightSource(archive, files, gated=_is_gated(config))
+            return LegacyWeightSource(archive, files, gated=gated_config(config))
     raise CheckpointError(
         f"{archive.path}: no weights found (expected {WEIGHTS_DIR}/{DIST_METADATA}, mp_rank_XX/ or "
         "tp_rank_XX_pp_rank_YYY/ rank folders, or model_weights.ckpt)"

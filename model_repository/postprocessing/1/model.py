@@ -1,15 +1,14 @@
-"""Triton stage `postprocessing`: engine logits → per-attribute `scores` and scalar `reward` (reward_triton.heads)."""
+"""Triton stage `postprocessing`: engine logits → `scores` and `reward` (reward_triton.stages.PostprocessStage)."""
 
 import triton_python_backend_utils as pb_utils
 
-from reward_triton import triton_adapter
-from reward_triton.stages import PostprocessStage
+from reward_triton import stages
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = triton_adapter.parameters(args)
-        self.stage = PostprocessStage(triton_adapter.require(params, "model_dir"))
+        params = stages.parameters(args)
+        self.stage = stages.PostprocessStage(stages.require(params, "model_dir"))
 
     def execute(self, requests):
-        return triton_adapter.execute(pb_utils, self.stage, requests)
+        return stages.execute(pb_utils, self.stage, requests)

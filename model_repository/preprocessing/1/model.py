@@ -2,16 +2,15 @@
 
 import triton_python_backend_utils as pb_utils
 
-from reward_triton import triton_adapter
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES
-from reward_triton.stages import PreprocessStage
+from reward_triton import stages
+from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Preprocessor
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = triton_adapter.parameters(args)
+        params = stages.parameters(args)
         max_bytes = int(params.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES)
-        self.stage = PreprocessStage(triton_adapter.require(params, "model_dir"), max_bytes)
+        self.stage = Preprocessor.from_dir(stages.require(params, "model_dir"), max_bytes)
 
     def execute(self, requests):
-        return triton_adapter.execute(pb_utils, self.stage, requests)
+        return stages.execute(pb_utils, self.stage, requests)

@@ -6,15 +6,14 @@ C++ backend serves this model and this file is not loaded. One batched forward p
 
 import triton_python_backend_utils as pb_utils
 
-from reward_triton import triton_adapter
-from reward_triton.stages import EngineStage
+from reward_triton import stages
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = triton_adapter.parameters(args)
-        self.stage = EngineStage.from_checkpoint(
-            triton_adapter.require(params, "gpt_model_path"),
+        params = stages.parameters(args)
+        self.stage = stages.EngineStage.from_checkpoint(
+            stages.require(params, "gpt_model_path"),
             dtype=params.get("dtype") or "float32",
             device=params.get("device") or "cpu",
             num_threads=int(params.get("num_threads") or 0),
@@ -22,4 +21,4 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        return triton_adapter.execute(pb_utils, self.stage, requests)
+        return stages.execute(pb_utils, self.stage, requests)

@@ -1,6 +1,6 @@
 """Leader-mode launcher for multi-GPU / multi-node serving: one `tritonserver` per engine rank under `mpirun` (MPMD).
 
-    python -m build_engine.launcher --hosts node1:8,node2:8 --model-repository model_repository [--exec]
+    python -m reward_triton.launcher --hosts node1:8,node2:8 --model-repository model_repository [--exec]
 
 MPI rank 0 (the leader, on the first host) serves HTTP/gRPC/metrics and runs the whole ensemble; ranks > 0 load
 only `tensorrt_llm` (explicit model control) with every endpoint off, and take part in the engine's TP/PP
@@ -283,7 +283,7 @@ def plan(
 def parser() -> argparse.ArgumentParser:
     d = LaunchOptions()
     p = argparse.ArgumentParser(
-        prog="python -m build_engine.launcher",
+        prog="python -m reward_triton.launcher",
         description="Serve a TP×PP TensorRT-LLM engine with one tritonserver per GPU rank (leader mode, mpirun MPMD).",
     )
     where = p.add_mutually_exclusive_group()

@@ -1,0 +1,178 @@
+"""`trtllm-build` for the converted checkpoint: the command line, atomic engine directory and side files; plus a real
+tiny TensorRT-LLM engine against the PyTorch engine where tensorrt_llm is installed (GPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from production_helpers import config_340b, leftovers
+
+from build_engine import convert, fixtures, trtllm_build
+from build_engine.nemo.writer import write_nemo_checkpoint
+from reward_triton import launcher
+from reward_triton.engine import TorchEngine
+from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
+
+
+# ---------------------------------------------------------------------------------------------- trtllm-build
+def test_trtllm_build_argv_for_340b_tp8_pp2() -> None:
+    opts = trtllm_build.BuildOptions(max_batch_size=32, max_num_tokens=8192, workers=8)
+    argv = trtllm_build.build_argv(Path("/ckpt"), Path("/engine"), config_340b(), opts)
+    assert argv == [
+        "trtllm-build",
+        "--checkpoint_dir", "/ckpt",
+        "--output_dir", "/engine",
+        "--gemm_plugin", "bfloat16",
+        "--gpt_attention_plugin", "bfloat16",
+        "--remove_input_padding", "enable",
+        "--kv_cache_type", "paged",
+        "--context_fmha", "enable",
+        "--use_paged_context_fmha", "disable",
+        "--multiple_profiles", "disable",
+        "--max_batch_size", "32",
+        "--max_input_len", "4096",
+        "--max_seq_len", "4097",
+        "--max_num_tokens", "8192",
+        "--max_beam_width", "1",
+        "--logits_dtype", "float32",
+        "--workers", "8",
+        "--log_level", "info",
+        "--gather_generation_logits",
+    ]  # fmt: skip
+
+
+def test_trtllm_build_argv_checks() -> None:
+    cfg = config_340b()
+    build = trtllm_build.build_argv
+    argv = build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(workers=64, extra_args=("--fast_build",)))
+    assert argv[argv.index("--workers") + 1] == "16" and argv[-1] == "--fast_build"  # workers <= world size
+    with pytest.raises(trtllm_build.BuildError, match="max_num_tokens 2048 < max_input_len 4096"):
+        build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(max_num_tokens=2048))
+    with pytest.raises(trtllm_build.BuildError, match="exceeds the model's max_position_embeddings 4096"):
+        build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(max_input_len=8192))
+    with pytest.raises(trtllm_build.BuildError, match="must exceed max_input_len"):
+        build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(max_input_len=100, max_seq_len=100))
+    with pytest.raises(trtllm_build.BuildError, match="max_batch_size must be positive"):
+        trtllm_build.BuildOptions(max_batch_size=0)
+
+
+def test_trtllm_build_missing_executable_says_so(single: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    rc = trtllm_build.main(["--checkpoint", str(single), "--output", str(tmp_path / "engine")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "trtllm-build is not on PATH" in err and "GPU-only" in err and "--max_input_len 128" in err
+    assert not (tmp_path / "engine").exists() and leftovers(tmp_path, "engine") == []
+    assert trtllm_build.main(["--checkpoint", str(single), "--output", "e", "--print"]) == 0
+    assert capsys.readouterr().out.startswith("trtllm-build --checkpoint_dir ")
+
+
+FAKE_TRTLLM_BUILD = """#!{python}
+import json, sys
+from pathlib import Path
+a = sys.argv[1:]
+ckpt, out = Path(a[a.index("--checkpoint_dir") + 1]), Path(a[a.index("--output_dir") + 1])
+cfg = json.loads((ckpt / "config.json").read_text())
+if {fail}:
+    sys.exit(3)
+out.mkdir(parents=True, exist_ok=True)
+(out / "config.json").write_text(json.dumps({{"version": "fake", "pretrained_config": cfg, "build_config": {{}}}}))
+for r in range(cfg["mapping"]["world_size"]):
+    assert (ckpt / f"rank{{r}}.safetensors").is_file()
+    (out / f"rank{{r}}.engine").write_bytes(b"engine")
+"""
+
+
+def _fake_exe(tmp_path: Path, fail: bool = False) -> str:
+    exe = tmp_path / ("fail-trtllm-build" if fail else "trtllm-build")
+    exe.write_text(FAKE_TRTLLM_BUILD.format(python=sys.executable, fail=fail))
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_build_engine_atomic_with_side_files_and_gpus_per_node(single: Path, tmp_path: Path) -> None:
+    engine = tmp_path / "engine"
+    opts = trtllm_build.BuildOptions(max_input_len=64, max_num_tokens=256, gpus_per_node=4)
+    trtllm_build.build_engine(single, engine, opts, executable=_fake_exe(tmp_path))
+    names = sorted(p.name for p in engine.iterdir())
+    assert names == sorted(["config.json", METADATA_FILE, TOKENIZER_FILE, *(f"rank{r}.engine" for r in range(8))])
+    assert (engine / METADATA_FILE).read_bytes() == (single / METADATA_FILE).read_bytes()
+    mapping = json.loads((engine / "config.json").read_text())["pretrained_config"]["mapping"]
+    assert mapping == {"world_size": 8, "tp_size": 4, "pp_size": 2, "gpus_per_node": 4}
+    assert launcher.engine_layout(engine) == launcher.EngineLayout(4, 2, 8, 4)
+    assert "gpus_per_node" not in json.loads((single / "config.json").read_text())["mapping"]  # source untouched
+
+    with pytest.raises(trtllm_build.BuildError, match="exit status 3"):
+        trtllm_build.build_engine(single, engine, opts, executable=_fake_exe(tmp_path, fail=True))
+    assert (engine / "rank7.engine").is_file() and leftovers(tmp_path, "engine") == []  # previous engine kept
+
+
+# ---------------------------------------------------------------------------------------------- real engine
+def _tensorrt_llm() -> Any:
+    try:
+        import tensorrt_llm  # noqa: F401
+        from tensorrt_llm.runtime import ModelRunnerCpp
+    except ImportError:
+        pytest.skip("tensorrt_llm is not installed: GPU-only package, needs Python 3.12 and CUDA")
+    if not torch.cuda.is_available():
+        pytest.skip("tensorrt_llm is installed but no CUDA GPU is visible")
+    if shutil.which("trtllm-build") is None:
+        pytest.skip("tensorrt_llm is installed but trtllm-build is not on PATH")
+    return ModelRunnerCpp
+
+
+def _engine_sized_spec(arch: str) -> fixtures.FixtureSpec:
+    """Like the tiny fixtures but with head_dim 64, which TensorRT-LLM's attention kernels support."""
+    nemotron = arch == "nemotron"
+    return fixtures.FixtureSpec(
+        arch=arch,
+        num_layers=2,
+        hidden_size=256,
+        ffn_hidden_size=512,
+        num_attention_heads=4,
+        num_query_groups=2 if nemotron else 4,
+        kv_channels=None,
+        normalization="layernorm1p" if nemotron else "rmsnorm",
+        activation="squared-relu" if nemotron else "swiglu",
+        rotary_percentage=0.5 if nemotron else 1.0,
+        num_attributes=9 if nemotron else 1,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["nemotron", "llama"])
+def test_tiny_trtllm_engine_matches_torch_engine(arch: str, tmp_path: Path) -> None:
+    runner_cls = _tensorrt_llm()
+    spec = _engine_sized_spec(arch)
+    tok = fixtures.train_tokenizer(tmp_path / "tok.model", spec.tokenizer_vocab_size)
+    cfg, tensors = fixtures.fixture_config(spec), fixtures.fixture_tensors(spec, seed=0)
+    nemo = write_nemo_checkpoint(tmp_path / "nemo", cfg, tensors, tok, "zarr", tp=1)
+    ckpt = convert.convert(nemo, tmp_path / "ckpt", 1, 1, "bfloat16", "padded", progress=False)
+    opts = trtllm_build.BuildOptions(max_batch_size=4, max_input_len=64, max_num_tokens=256)
+    engine = trtllm_build.build_engine(ckpt, tmp_path / "engine", opts)
+
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, spec.tokenizer_vocab_size, (n,), generator=g).tolist() for n in (5, 17, 33, 64)]
+    meta = RewardMetadata.load(engine)
+    k, bias = meta.num_attributes, torch.tensor(meta.head_bias)
+    runner = runner_cls.from_dir(engine_dir=str(engine), rank=0)
+    out = runner.generate(
+        batch_input_ids=[torch.tensor(s, dtype=torch.int32) for s in seqs],
+        max_new_tokens=1,
+        end_id=3,
+        pad_id=0,
+        return_dict=True,
+        output_generation_logits=True,
+    )
+    logits = out["generation_logits"].float().cpu()  # [B, beams, out_len, V]
+    got = logits[:, 0, 0, :k] + bias
+    want = TorchEngine.from_checkpoint(ckpt).logits(seqs)[:, :k] + bias
+    assert math.isfinite(float(got.abs().max()))
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.1)
