@@ -126,95 +126,72 @@ PAIRS: dict[tuple[str, bool], list[tuple[int, int]]] = {
 EXPRESSIONS: dict[str, list[str]] = {
     "add": ["{a} + {b}", "{a}+{b}", "{a} plus {b}"],
     "sub": ["{a} - {b}", "{a}-{b}", "{a} minus {b}"],
-    "mul": ["{a} * {b}", "{a}*{b}", "{a} times {b}", "{a} x {b}"],
+    "mul": ["{a} * {b}", "{a}*{b}", "{a} times {b}", "{a} x {b}", "{a} multiplied by {b}"],
 }
-# frames around an expression {e}; the held-out ones never occur in training
-FRAMES = [
-    "What is {e}?",
-    "What is {e}",
-    "what is {e}?",
-    "What's {e}?",
-    "Compute {e}.",
-    "Compute {e}",
-    "Calculate {e}.",
-    "How much is {e}?",
-    "Please tell me {e}.",
-    "Please compute {e}.",
-    "Tell me {e}.",
-    "Can you tell me what {e} is?",
-    "Quick question: what is {e}?",
-    "Solve {e}.",
-    "{e}?",
-    "{e} = ?",
-    "{e} =",
-    "{e}",
-]
-HELDOUT_FRAMES = [
-    "Work out {e}.",
-    "Could you calculate {e} for me?",
-    "what's {e}",
-    "Please solve {e}",
-    "Hey, what is {e}?",
-    "{e} equals what?",
-    "Do you know what {e} is?",
-    "Find {e}.",
-]
+# Questions are composed of an opener, a core (around an expression {e}, or worded with {a} and {b}) and an ending,
+# so that training sees thousands of phrasings and learns to find the operands in any of them. Held-out questions
+# use held-out cores (any opener, including held-out ones): no held-out question template occurs in training.
+OPENERS = ["", "", "", "", "", "", "Hi! ", "Hello, ", "Hello! ", "Okay, ", "OK so ", "So, ", "Question: ", "Quick one: ",
+           "Math question: ", "I have a question. ", "Excuse me, ", "Good morning! ", "Homework help: ", "One more: ",
+           "Next: ", "Alright, ", "Hmm, ", "Test: ", "Dear assistant, ", "Yo, ", "Help me with this. ", "Simple one: "]  # fmt: skip
+HELDOUT_OPENERS = ["Hey, ", "Quick question: ", "Hi there, ", "Sorry to bother you, ", "Well, "]
+ENDINGS = ["?", ".", "", "!", " please.", " please?", "?!", " for me.", ", thanks.", "? Thanks!"]
+CORES = ["What is {e}", "what is {e}", "What's {e}", "Compute {e}", "compute {e}", "Calculate {e}", "How much is {e}",
+         "Please tell me {e}", "Please compute {e}", "Tell me {e}", "Can you tell me what {e} is", "Solve {e}", "{e}",
+         "{e} =", "{e} = ?", "I need {e}", "Give me {e}", "Evaluate {e}", "Can you compute {e}", "What does {e} equal",
+         "What does {e} make", "Figure out {e}", "I want to know {e}", "Tell me the value of {e}",
+         "What is the value of {e}", "Could you tell me {e}", "Determine {e}", "What would {e} be",
+         "Answer this: {e}", "Result of {e}", "how much is {e}", "Please calculate {e}"]  # fmt: skip
+HELDOUT_CORES = ["Work out {e}", "Could you calculate {e} for me", "What's the answer to {e}", "Please solve {e}", "{e} equals what",
+                 "Do you know what {e} is", "Find {e}", "I'd like to know {e}", "Can you do {e}",
+                 "What do you get for {e}"]  # fmt: skip
 WORDED: dict[str, list[str]] = {
-    "add": [
-        "Add {a} and {b}.",
-        "Add {a} to {b}.",
-        "What is the sum of {a} and {b}?",
-        "What do you get when you add {a} and {b}?",
-        "Please tell me the sum of {a} and {b}.",
-        "Sum of {a} and {b}?",
-    ],
-    "sub": [
-        "Subtract {b} from {a}.",
-        "Take {b} away from {a}.",
-        "What is {a} take away {b}?",
-        "What do you get when you subtract {b} from {a}?",
-        "What is the difference between {a} and {b}?",
-        "Please subtract {b} from {a}.",
-    ],
-    "mul": [
-        "Multiply {a} by {b}.",
-        "Multiply {a} and {b}.",
-        "What is the product of {a} and {b}?",
-        "What do you get when you multiply {a} by {b}?",
-        "Please tell me the product of {a} and {b}.",
-        "Product of {a} and {b}?",
-    ],
-}
+    "add": ["Add {a} and {b}", "Add {a} to {b}", "What is the sum of {a} and {b}", "What do you get when you add {a} and {b}",
+            "Please tell me the sum of {a} and {b}", "Sum of {a} and {b}", "Compute the sum of {a} and {b}",
+            "What is {a} added to {b}", "What is {a} and {b} together"],
+    "sub": ["Subtract {b} from {a}", "Take {b} away from {a}", "What is {a} take away {b}",
+            "What do you get when you subtract {b} from {a}", "What is the difference between {a} and {b}",
+            "Please subtract {b} from {a}", "Compute {a} less {b}", "What is {b} subtracted from {a}",
+            "How much is left if you take {b} from {a}"],
+    "mul": ["Multiply {a} by {b}", "Multiply {a} and {b}", "What is the product of {a} and {b}",
+            "What do you get when you multiply {a} by {b}", "Please tell me the product of {a} and {b}",
+            "Product of {a} and {b}", "Compute the product of {a} and {b}", "What is {a} multiplied by {b}",
+            "How much is {a} groups of {b}"],
+}  # fmt: skip
 HELDOUT_WORDED: dict[str, list[str]] = {
-    "add": ["If you add {a} and {b}, what do you get?", "Please add {a} and {b}"],
-    "sub": ["If you subtract {b} from {a}, what do you get?", "How much is {a} take away {b}?"],
-    "mul": ["If you multiply {a} by {b}, what do you get?", "Please multiply {a} by {b}"],
+    "add": ["If you add {a} and {b}, what do you get", "Please add {a} and {b}"],
+    "sub": ["If you subtract {b} from {a}, what do you get", "How much is {a} take away {b}"],
+    "mul": ["If you multiply {a} by {b}, what do you get", "Please multiply {a} by {b}"],
 }
-CAPITAL_QUESTIONS = [
-    "What is the capital of {c}?",
-    "What is the capital of {c}",
-    "Which city is the capital of {c}?",
-    "Name the capital of {c}.",
-    "Tell me the capital city of {c}.",
-    "What city is the capital of {c}?",
-    "Capital of {c}?",
-    "capital of {c}",
-    "Please tell me the capital of {c}.",
-    "What's the capital of {c}?",
-]
-HELDOUT_CAPITAL_QUESTIONS = [
-    "Do you know the capital of {c}?",
-    "Could you name the capital of {c} for me?",
-    "Hey, what is the capital city of {c}?",
-]
+CAPITAL_CORES = ["What is the capital of {c}", "Which city is the capital of {c}", "Name the capital of {c}",
+                 "Tell me the capital city of {c}", "What city is the capital of {c}", "Capital of {c}",
+                 "capital of {c}", "Please tell me the capital of {c}", "What's the capital of {c}",
+                 "What is {c}'s capital", "Where is the capital of {c}"]  # fmt: skip
+HELDOUT_CAPITAL_CORES = ["Do you know the capital of {c}", "Could you name the capital of {c} for me",
+                         "what is the capital city of {c}"]  # fmt: skip
+
+
+def _compose(openers: list[str], cores: list[str]) -> list[str]:
+    out = []
+    for o in openers:
+        for c in cores:
+            if o.endswith(", ") and c[0].isupper() and not c.startswith(("I ", "I'")):
+                c = c[0].lower() + c[1:]
+            out += [o + c + e for e in ENDINGS]
+    return sorted(set(out))
 
 
 def question_templates(task: str, heldout: bool) -> list[str]:
+    """The question templates of one task and split; a training template is never a held-out one."""
     if task == "capital":
-        return HELDOUT_CAPITAL_QUESTIONS if heldout else CAPITAL_QUESTIONS
-    frames = HELDOUT_FRAMES if heldout else FRAMES
-    worded = HELDOUT_WORDED[task] if heldout else WORDED[task]
-    return [f.format(e=e) for f in frames for e in EXPRESSIONS[task]] + worded
+        train, held = CAPITAL_CORES, HELDOUT_CAPITAL_CORES
+    else:
+        train = [c.format(e=e) for c in CORES for e in EXPRESSIONS[task]] + WORDED[task]
+        held = [c.format(e=e) for c in HELDOUT_CORES for e in EXPRESSIONS[task]] + HELDOUT_WORDED[task]
+    heldout_templates = _compose(OPENERS + HELDOUT_OPENERS, held)
+    if heldout:
+        return heldout_templates
+    return sorted(set(_compose(OPENERS, train)) - set(heldout_templates))
 
 
 QUESTIONS: dict[tuple[str, bool], list[str]] = {(t, h): question_templates(t, h) for t in TASKS for h in (False, True)}
