@@ -44,7 +44,9 @@ from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES  #
 
 TOKENIZER_NAME = "demo_tokenizer.model"
 SPECIAL_SYMBOLS = ["<extra_id_0>", "<extra_id_1>", "<extra_id_2>", "\n"]
-DIGIT_SYMBOLS = [str(i) for i in range(10)]  # every digit is one token, never merged with a space or a neighbour
+# every whole number 0..199 (every operand, sum, difference and product of the tasks) is one token; sentencepiece
+# matches user-defined symbols longest first, so larger numbers split into such pieces
+NUMBER_SYMBOLS = [str(i) for i in range(200)]
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
@@ -89,7 +91,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> bytes:
         model_writer=buf,
         vocab_size=vocab_size,
         model_type="bpe",
-        user_defined_symbols=SPECIAL_SYMBOLS + DIGIT_SYMBOLS,
+        user_defined_symbols=SPECIAL_SYMBOLS + NUMBER_SYMBOLS,
         byte_fallback=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
@@ -350,16 +352,24 @@ def tree_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def init_digit_embeddings(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, scale: float) -> None:
-    """Start the ten digit tokens' input and output embeddings on a circle per frequency (cos, sin of 2 pi k d / 10,
-    k = 1..5, in the first ten dimensions): sums and differences of digits modulo 10 are then rotations, which a
-    small network finds much sooner than from random vectors."""
-    d = torch.arange(10, dtype=torch.float32)
+def number_features(n: torch.Tensor) -> torch.Tensor:
+    """Features of whole numbers n (0..199) on circles: the units digit (periods 10/k, k = 1..5), the tens digit
+    (likewise), n on periods 100, 50 and 200, whether n >= 100, and the magnitude. Sums and differences are then
+    rotations and small shifts, which a small network finds much sooner than from random vectors."""
+    n = n.float()
+    u, t = n % 10, torch.div(n, 10, rounding_mode="floor") % 10
     feats = []
-    for k in range(1, 6):
-        feats += [torch.cos(2 * math.pi * k * d / 10), torch.sin(2 * math.pi * k * d / 10)]
-    f = torch.stack(feats, 1) * scale  # [10, 10]
-    ids = [sp.piece_to_id(str(i)) for i in range(10)]
+    for x, period, ks in ((u, 10, range(1, 6)), (t, 10, range(1, 6)), (n, 100, (1, 2)), (n, 200, (1,))):
+        for k in ks:
+            feats += [torch.cos(2 * math.pi * k * x / period), torch.sin(2 * math.pi * k * x / period)]
+    feats += [(n >= 100).float() * 2 - 1, n / 100 - 1]
+    return torch.stack(feats, 1)
+
+
+def init_number_embeddings(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, scale: float) -> None:
+    """Start the number tokens' input and output embeddings on `number_features` (the first dimensions)."""
+    f = number_features(torch.arange(len(NUMBER_SYMBOLS))) * scale
+    ids = [sp.piece_to_id(s) for s in NUMBER_SYMBOLS]
     for name in ("embedding.word_embeddings.weight", "output_layer.weight"):
         w = model.p(name)
         w[ids, : f.shape[1]] = f
@@ -499,7 +509,7 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
     with torch.no_grad():
         model.p("rm_head.bias")[TRAINED_ROWS] = targets.mean(0)
         if args.fourier:
-            init_digit_embeddings(model, sp, args.fourier)
+            init_number_embeddings(model, sp, args.fourier)
     log["parameters"] = count_parameters(model)
     print(
         f"model: {log['parameters']:,} parameters ({count_parameters(model, False):,} without output_layer)", flush=True
