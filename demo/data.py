@@ -3,8 +3,9 @@
 Tasks:
 - addition and subtraction of whole numbers 0..99 (differences are never negative), multiplication with
   operands 2..12, and a lookup table of country capitals;
-- questions in many phrasings: a frame (imperative, polite, terse, with or without "?") around an expression
-  ("17+8", "17 + 8", "17 plus 8"), or a worded question ("Subtract 9 from 14.");
+- questions in thousands of phrasings, each an opener ("", "Hello, ", "Question: ", ...), a core and an ending
+  ("?", ".", "", " please.", ...); a core is a frame (imperative, polite, terse) around an expression ("17+8",
+  "17 + 8", "17 plus 8") or a worded question ("Subtract 9 from 14");
 - answers as a bare value, one sentence (including the equation restated) or several steps.
 
 Every conversation ends with an assistant turn whose five trained attributes follow from how it was built:
@@ -18,7 +19,8 @@ Every conversation ends with an assistant turn whose five trained attributes fol
   ("Answer briefly." answered at length, "Explain your answer." answered with a bare value).
 Earlier turns (multi-turn examples) are random in every respect: the labels are those of the LAST assistant turn.
 
-Held-out split (`HELDOUT_*`): whole question frames, worded questions and answer templates, a tenth of the
+Held-out split (`HELDOUT_*`): whole question cores (with any opener, including held-out openers), worded
+questions and answer templates, a tenth of the
 addition and subtraction operand pairs and a set of ordered multiplication pairs (whose mirror image is trained:
 nobody learns a times table without seeing it) never occur in training; the evaluation sets use only those, with
 system prompts that training never uses and their own seeds.
@@ -663,14 +665,21 @@ ArithItem = tuple[str, str, tuple[int, int], bool]  # prompt, answer, value span
 
 
 def arith_items(
-    n: int, seed: int = TRAIN_SEED + 3, compact: float = 0.5, wrong: float = 0.5, rng: random.Random | None = None
+    n: int,
+    seed: int = TRAIN_SEED + 3,
+    compact: float = 0.5,
+    wrong: float = 0.5,
+    rng: random.Random | None = None,
+    full: float = 0.0,
 ) -> list[ArithItem]:
     """n short items for the arithmetic phase: the model learns two-digit sums and differences and the times table,
     and to check a stated value, before it sees a whole conversation.
 
     A `compact` share are bare equations ("47+38=", "14 minus 9 is ") followed by the value; the rest are one
     exchange in the prompt template (training question phrasings, a bare value or a one-sentence answer, no system
-    turn). A `wrong` share state a wrong value (mostly a near miss). Training operand pairs and templates only.
+    turn); a `full` share of those are scored conversations instead: a training system prompt, any answer style
+    with 0..2 extra sentences, and the label prefix. A `wrong` share state a wrong value (mostly a near miss).
+    Training operand pairs and templates only.
     `rng` (instead of `seed`) continues a stream."""
     rng = rng or random.Random(seed)
     t = PromptTemplate()
@@ -683,6 +692,14 @@ def arith_items(
         if short:
             prompt = rng.choice(EXPRESSIONS[qa.task]).format(**qa.values) + rng.choice(ARITH_SEPARATORS)
             out.append((prompt, value, (0, len(value)), right))
+            continue
+        if rng.random() < full:
+            style = rng.choices(STYLES, weights=[2, 5, 3])[0]
+            k = pick_template(rng, qa, style, heldout=False)
+            text = " ".join([qa.phrase(style, k, value), *rng.sample(FILLERS, rng.choice([0, 0, 1, 2]))])
+            prompt = t.system.format(rng.choice(TRAIN_SYSTEMS)) + t.user.format(qa.question)
+            prompt += t.assistant.format("")[:-1]
+            out.append((prompt, text + "\n" + t.label, value_span(qa, style, k, value, text), right))
             continue
         style = rng.choices(["direct", "sentence"], weights=[1, 1])[0]
         k = pick_template(rng, qa, style, heldout=False)

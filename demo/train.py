@@ -5,11 +5,17 @@
 Deterministic: fixed seeds, a fixed thread count and deterministic algorithms, so the same command on the same
 software stack regenerates the same tokenizer, data and weights. Steps:
 1. generate the training conversations (demo.data, seed TRAIN_SEED);
-2. train a sentencepiece BPE tokenizer on them (extra_id symbols and newline as single tokens, byte fallback,
-   identity normalization, digits split);
-3. train TinyNemotronReward: MSE on the five HelpSteer2 outputs (rows 4..8) of the last token, plus an auxiliary
-   next-token loss on right, fluent answers (it teaches the facts the correctness score needs); rows 0..3 of
-   rm_head keep their random initialisation, as in the real model;
+2. train a sentencepiece BPE tokenizer on them (extra_id symbols, newline and every whole number 0..199 as single
+   tokens, byte fallback, identity normalization); the number tokens' embeddings start on circles
+   (`number_features`);
+3. train TinyNemotronReward in three phases of one AdamW run:
+   - arithmetic: short items (bare equations such as "47+38=" and single exchanges in the prompt template), a
+     share of them stating a wrong value: next-token loss on right values, and the correctness row of the reward
+     head from the stated value on;
+   - checks: twin dialogues, every exchange right in one twin and wrong (mostly a near miss) in the other;
+   - reward: MSE on the five HelpSteer2 outputs (rows 4..8) of the last token of labelled conversations, plus
+     the next-token loss on right, fluent answers; rows 0..3 of rm_head keep their random initialisation, as in
+     the real model;
 4. evaluate the held-out sets in fp32 and with bf16-rounded weights;
 5. write model_config.yaml, model_weights/ (zarr, bf16) and the tokenizer.
 """
@@ -54,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "arith_batch": 512,
     "arith_compact": 0.9,
     "arith_wrong": 0.0,
+    "arith_full": 0.0,
     "fourier": 0.5,
     "examples": 20000,
     "tokenizer_examples": 20000,
@@ -208,7 +215,9 @@ def arith_batches(sp: spm.SentencePieceProcessor, args: argparse.Namespace) -> A
     done = 0
     while done < args.arith_steps:
         n = min(20, args.arith_steps - done)
-        raw = data.arith_items(n * args.arith_batch, compact=args.arith_compact, wrong=args.arith_wrong, rng=rng)
+        raw = data.arith_items(
+            n * args.arith_batch, compact=args.arith_compact, wrong=args.arith_wrong, rng=rng, full=args.arith_full
+        )
         items = [encode_item(sp, it) for it in raw]
         items.sort(key=lambda c: len(c[0]))
         batches = [items[k * args.arith_batch : (k + 1) * args.arith_batch] for k in range(n)]
