@@ -481,7 +481,8 @@ class QA:
 
 
 TASK_WEIGHTS = (3, 3, 2, 2)  # add, sub, mul, capital
-CHECK_TASK_WEIGHTS = (4, 4, 2, 1)  # two-digit arithmetic needs the most checking
+CHECK_TASK_WEIGHTS = (5, 5, 1, 1)  # two-digit sums and differences need the most checking
+EQUATION_TASK_WEIGHTS = (5, 5, 1, 0)  # bare equations: the times table is small, capitals are not equations
 
 
 def _operands(rng: random.Random, task: str, heldout: bool) -> tuple[int, int]:
@@ -686,7 +687,7 @@ def arith_items(
     out = []
     for _ in range(n):
         short = rng.random() < compact
-        qa = make_qa(rng, request="none", weights=(4, 4, 2, 0) if short else CHECK_TASK_WEIGHTS)
+        qa = make_qa(rng, request="none", weights=EQUATION_TASK_WEIGHTS if short else CHECK_TASK_WEIGHTS)
         right = rng.random() >= wrong
         value = qa.right if right else qa.wrong_value(rng)
         if short:
