@@ -56,30 +56,31 @@ NUMBER_SYMBOLS = [str(i) for i in range(200)]
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
-    "arith_steps": 2000,
+    "arith_steps": 1600,
     "arith_batch": 512,
-    "arith_compact": 0.9,
-    "arith_wrong": 0.0,
-    "arith_full": 0.0,
+    "arith_compact": 0.4,
+    "arith_wrong": 0.4,
+    "arith_full": 0.25,
     "fourier": 0.5,
     "examples": 20000,
     "tokenizer_examples": 20000,
     "vocab": 1200,
     "fact_steps": 0,
-    "check_steps": 1000,
+    "check_steps": 0,
     "check_batch": 32,
     "fact_batch": 16,
-    "steps": 500,
-    "batch": 32,
+    "steps": 800,
+    "rehearsal_batch": 192,
+    "batch": 48,
     "lr": 1.5e-3,
     "lm_weight": 0.5,
     "value_weight": 4.0,
     "aux_weight": 1.0,
     "correctness_weight": 2.0,
     "seed": 0,
-    "threads": 1,
+    "threads": 2,
     "max_seq_len": 512,
-    "mid_lm_layer": 2,
+    "mid_lm_layer": 0,
     "hidden": 128,
     "layers": 4,
     "heads": 4,
@@ -208,19 +209,20 @@ def make_batches(
     return out[:steps]
 
 
-def arith_batches(sp: spm.SentencePieceProcessor, args: argparse.Namespace) -> Any:
-    """The arithmetic phase's batches, generated as they are needed (data.arith_items, one seeded stream): windows
-    of 20 batches are sorted by length (bare equations and exchanges are not padded to each other), then shuffled."""
-    rng = random.Random(data.TRAIN_SEED + 3)
+def arith_batches(sp: spm.SentencePieceProcessor, args: argparse.Namespace, steps: int, batch: int, seed: int) -> Any:
+    """`steps` batches of `batch` arithmetic items (data.arith_items, one seeded stream), generated as they are
+    needed: windows of 20 batches are sorted by length (bare equations and exchanges are not padded to each other),
+    then shuffled."""
+    rng = random.Random(seed)
     done = 0
-    while done < args.arith_steps:
-        n = min(20, args.arith_steps - done)
+    while done < steps:
+        n = min(20, steps - done)
         raw = data.arith_items(
-            n * args.arith_batch, compact=args.arith_compact, wrong=args.arith_wrong, rng=rng, full=args.arith_full
+            n * batch, compact=args.arith_compact, wrong=args.arith_wrong, rng=rng, full=args.arith_full
         )
         items = [encode_item(sp, it) for it in raw]
         items.sort(key=lambda c: len(c[0]))
-        batches = [items[k * args.arith_batch : (k + 1) * args.arith_batch] for k in range(n)]
+        batches = [items[k * batch : (k + 1) * batch] for k in range(n)]
         rng.shuffle(batches)
         yield from batches
         done += n
@@ -450,8 +452,10 @@ class Trainer:
             losses["aux"] = F.mse_loss(pred, corr[has])
             loss = loss + self.args.aux_weight * losses["aux"]
         if targets is not None:
-            y = self.model.head(h[torch.arange(len(seqs)), lengths - 1])
-            losses["mse"] = (F.mse_loss(y[:, TRAINED_ROWS], targets, reduction="none") * self.attr_weight).mean()
+            rows = ~targets.isnan().any(1)  # rehearsal items carry no attribute targets
+            y = self.model.head(h[torch.arange(len(seqs)), lengths - 1])[rows]
+            err = F.mse_loss(y[:, TRAINED_ROWS], targets[rows], reduction="none")
+            losses["mse"] = (err * self.attr_weight).mean()
             loss = loss + losses["mse"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -538,7 +542,7 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         trainer.sched.base_lrs = [args.lr]
         trainer.step = args.arith_steps + args.fact_steps
     else:
-        for s, chunk in enumerate(arith_batches(sp, args)):
+        for s, chunk in enumerate(arith_batches(sp, args, args.arith_steps, args.arith_batch, data.TRAIN_SEED + 3)):
             trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk], mid_lm=False)
             if args.eval_every and s and s % args.eval_every == 0:
                 print(f"  arith: {json.dumps(fact_accuracy(model, sp))}", flush=True)
@@ -577,9 +581,16 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         groups.setdefault(int(e.meta["group"]), []).append(i)
     usable = [g for g in groups.values() if all(len(encoded[i][0]) <= args.max_seq_len for i in g)]
     lengths = [len(c[0]) for c in encoded]
+    # rehearsal: every reward step also carries a batch of arithmetic items (next-token and correctness losses only),
+    # so that the small, noisy reward batches do not wash out the checking learnt in phase 0
+    rehearsal = arith_batches(sp, args, args.steps, args.rehearsal_batch, data.TRAIN_SEED + 4)
     for r_step, idx in enumerate(make_batches(lengths, usable, args.batch, args.steps, random.Random(args.seed))):
+        extra = next(rehearsal) if args.rehearsal_batch else []
         trainer.update(
-            [encoded[i][0] for i in idx], [encoded[i][1] for i in idx], [encoded[i][2] for i in idx], targets[idx]
+            [encoded[i][0] for i in idx] + [c[0] for c in extra],
+            [encoded[i][1] for i in idx] + [c[1] for c in extra],
+            [encoded[i][2] for i in idx] + [c[2] for c in extra],
+            torch.cat([targets[idx], torch.full((len(extra), targets.shape[1]), math.nan)]),
         )
         if args.eval_every and r_step and r_step % args.eval_every == 0:
             m = heldout_metrics(model_scorer(model, sp), heldout_sets(150, 20))
