@@ -28,7 +28,7 @@ MINI = [
     "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600", "--arith-steps", "3", "--arith-batch", "8",
     "--fact-steps", "3", "--check-steps", "3", "--steps", "4", "--batch", "8", "--check-batch", "4",
     "--fact-batch", "2", "--hidden", "32", "--layers", "2", "--heads", "4", "--groups", "2", "--ffn", "64",
-    "--mid-lm-layer", "1", "--max-seq-len", "512", "--heldout-pairs", "10",
+    "--mid-lm-layer", "1", "--max-seq-len", "512", "--heldout-pairs", "10", "--rehearsal-batch", "8",
 ]  # fmt: skip
 
 
