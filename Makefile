@@ -92,8 +92,9 @@ endif
 demo: engine
 	$(PY) -m demo.run --repository $(REPOSITORY)
 	@case "$(NEMO)" in \
-	$(DEMO_NEMO)) echo "note: the demo model is a toy trained on synthetic single-digit arithmetic and capital-city \
-	questions; its scores mean something there and nowhere else (demo/README.md).";; \
+	$(DEMO_NEMO)) echo "note: the demo model is a toy trained on synthetic arithmetic (sums and differences up to 99, \
+	products up to 12 x 12) and capital-city questions; its scores mean something there and nowhere else \
+	(demo/README.md).";; \
 	build/fixture-*) echo "note: $(NEMO) is a RANDOM-WEIGHT fixture: the pipeline is real, these scores mean nothing.";; \
 	esac
 

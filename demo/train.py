@@ -5,11 +5,17 @@
 Deterministic: fixed seeds, a fixed thread count and deterministic algorithms, so the same command on the same
 software stack regenerates the same tokenizer, data and weights. Steps:
 1. generate the training conversations (demo.data, seed TRAIN_SEED);
-2. train a sentencepiece BPE tokenizer on them (extra_id symbols and newline as single tokens, byte fallback,
-   identity normalization, digits split);
-3. train TinyNemotronReward: MSE on the five HelpSteer2 outputs (rows 4..8) of the last token, plus an auxiliary
-   next-token loss on right, fluent answers (it teaches the facts the correctness score needs); rows 0..3 of
-   rm_head keep their random initialisation, as in the real model;
+2. train a sentencepiece BPE tokenizer on them (extra_id symbols, newline and every whole number 0..199 as single
+   tokens, byte fallback, identity normalization); the number tokens' embeddings start on circles
+   (`number_features`);
+3. train TinyNemotronReward in three phases of one AdamW run:
+   - arithmetic: short items (bare equations such as "47+38=" and single exchanges in the prompt template), a
+     share of them stating a wrong value: next-token loss on right values, and the correctness row of the reward
+     head from the stated value on;
+   - checks: twin dialogues, every exchange right in one twin and wrong (mostly a near miss) in the other;
+   - reward: MSE on the five HelpSteer2 outputs (rows 4..8) of the last token of labelled conversations, plus
+     the next-token loss on right, fluent answers; rows 0..3 of rm_head keep their random initialisation, as in
+     the real model;
 4. evaluate the held-out sets in fp32 and with bf16-rounded weights;
 5. write model_config.yaml, model_weights/ (zarr, bf16) and the tokenizer.
 """
@@ -44,28 +50,37 @@ from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES  #
 
 TOKENIZER_NAME = "demo_tokenizer.model"
 SPECIAL_SYMBOLS = ["<extra_id_0>", "<extra_id_1>", "<extra_id_2>", "\n"]
-NUMBER_SYMBOLS = [str(i) for i in range(100)]  # every value in the tasks is one token
+# every whole number 0..199 (every operand, sum, difference and product of the tasks) is one token; sentencepiece
+# matches user-defined symbols longest first, so larger numbers split into such pieces
+NUMBER_SYMBOLS = [str(i) for i in range(200)]
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
+    "arith_steps": 1600,
+    "arith_batch": 512,
+    "arith_compact": 0.4,
+    "arith_wrong": 0.4,
+    "arith_full": 0.25,
+    "fourier": 0.5,
     "examples": 20000,
     "tokenizer_examples": 20000,
     "vocab": 1200,
-    "fact_steps": 400,
-    "check_steps": 2400,
+    "fact_steps": 0,
+    "check_steps": 0,
     "check_batch": 32,
     "fact_batch": 16,
-    "steps": 600,
-    "batch": 32,
-    "lr": 2e-3,
+    "steps": 800,
+    "rehearsal_batch": 192,
+    "batch": 48,
+    "lr": 1.5e-3,
     "lm_weight": 0.5,
     "value_weight": 4.0,
     "aux_weight": 1.0,
     "correctness_weight": 2.0,
     "seed": 0,
-    "threads": 1,
+    "threads": 2,
     "max_seq_len": 512,
-    "mid_lm_layer": 2,
+    "mid_lm_layer": 0,
     "hidden": 128,
     "layers": 4,
     "heads": 4,
@@ -150,6 +165,19 @@ def encode_example(sp: spm.SentencePieceProcessor, ex: data.Example) -> tuple[li
     return ids, lm, corr
 
 
+def encode_item(sp: spm.SentencePieceProcessor, item: data.ArithItem) -> tuple[list[int], list[bool], list[float]]:
+    """A short arithmetic item (`data.arith_items`): next-token targets on the answer's tokens when the value is
+    right; the correctness target from the value's last token to the end."""
+    prompt, answer, (_, end), right = item
+    head = list(sp.encode(prompt))
+    ids = list(sp.encode(prompt + answer))
+    upto = len(sp.encode(prompt + answer[:end]))
+    if ids[: len(head)] != head or ids[:upto] != list(sp.encode(prompt + answer[:end])):
+        raise AssertionError(f"prompt tokens are not a prefix: {prompt!r} + {answer!r}")
+    corr = [math.nan] * (upto - 1) + [4.0 if right else 0.0] * (len(ids) - upto + 1)
+    return ids, [right and j >= len(head) for j in range(len(ids))], corr
+
+
 def fact_token_ids(sp: spm.SentencePieceProcessor) -> set[int]:
     """Ids of the pieces that carry facts (numbers, capital names): their next-token loss is up-weighted."""
     ids = {i for i in range(sp.get_piece_size()) if sp.id_to_piece(i).lstrip("▁").isdigit()}
@@ -179,6 +207,25 @@ def make_batches(
         rng.shuffle(epoch)
         out += epoch
     return out[:steps]
+
+
+def arith_batches(sp: spm.SentencePieceProcessor, args: argparse.Namespace, steps: int, batch: int, seed: int) -> Any:
+    """`steps` batches of `batch` arithmetic items (data.arith_items, one seeded stream), generated as they are
+    needed: windows of 20 batches are sorted by length (bare equations and exchanges are not padded to each other),
+    then shuffled."""
+    rng = random.Random(seed)
+    done = 0
+    while done < steps:
+        n = min(20, steps - done)
+        raw = data.arith_items(
+            n * batch, compact=args.arith_compact, wrong=args.arith_wrong, rng=rng, full=args.arith_full
+        )
+        items = [encode_item(sp, it) for it in raw]
+        items.sort(key=lambda c: len(c[0]))
+        batches = [items[k * batch : (k + 1) * batch] for k in range(n)]
+        rng.shuffle(batches)
+        yield from batches
+        done += n
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
@@ -216,10 +263,18 @@ def heldout_sets(n_pairs: int = 300, n_series: int = 40) -> dict[str, Any]:
 def heldout_metrics(score: Any, sets: dict[str, Any]) -> dict[str, float]:
     """score(list[conversation]) -> list[dict attribute -> float, 'reward']; returns the headline metrics."""
 
+    def pair_wins(pairs: list, attr: str) -> list[bool]:
+        s = score([e.conversation for p in pairs for e in p])
+        return [s[2 * i][attr] > s[2 * i + 1][attr] for i in range(len(pairs))]
+
     def pair_acc(pairs: list, attr: str) -> float:
-        flat = [e.conversation for p in pairs for e in p]
-        s = score(flat)
-        return sum(s[2 * i][attr] > s[2 * i + 1][attr] for i in range(len(pairs))) / len(pairs)
+        return sum(pair_wins(pairs, attr)) / len(pairs)
+
+    wins = pair_wins(sets["correctness"], "correctness")
+    per_task = {}
+    for task in data.TASKS:
+        mine = [w for w, (right, _) in zip(wins, sets["correctness"], strict=True) if right.meta["task"] == task]
+        per_task[f"right>wrong correctness {task}"] = sum(mine) / max(1, len(mine))
 
     series = sets["verbosity"]
     flat = [e for row in series for e in row]
@@ -231,7 +286,8 @@ def heldout_metrics(score: Any, sets: dict[str, Any]) -> dict[str, float]:
         per_series.append(spearman(words[i : i + len(row)], verb[i : i + len(row)]))
         i += len(row)
     return {
-        "right>wrong correctness": pair_acc(sets["correctness"], "correctness"),
+        "right>wrong correctness": sum(wins) / len(wins),
+        **per_task,
         "right>wrong reward": pair_acc(sets["correctness"], "reward"),
         "fluent>shuffled coherence": pair_acc(sets["coherence"], "coherence"),
         "fluent>shuffled reward": pair_acc(sets["coherence"], "reward"),
@@ -307,13 +363,36 @@ def tree_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def number_features(n: torch.Tensor) -> torch.Tensor:
+    """Features of whole numbers n (0..199) on circles: the units digit (periods 10/k, k = 1..5), the tens digit
+    (likewise), n on periods 100, 50 and 200, whether n >= 100, and the magnitude. Sums and differences are then
+    rotations and small shifts, which a small network finds much sooner than from random vectors."""
+    n = n.float()
+    u, t = n % 10, torch.div(n, 10, rounding_mode="floor") % 10
+    feats = []
+    for x, period, ks in ((u, 10, range(1, 6)), (t, 10, range(1, 6)), (n, 100, (1, 2)), (n, 200, (1,))):
+        for k in ks:
+            feats += [torch.cos(2 * math.pi * k * x / period), torch.sin(2 * math.pi * k * x / period)]
+    feats += [(n >= 100).float() * 2 - 1, n / 100 - 1]
+    return torch.stack(feats, 1)
+
+
+def init_number_embeddings(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, scale: float) -> None:
+    """Start the number tokens' input and output embeddings on `number_features` (the first dimensions)."""
+    f = number_features(torch.arange(len(NUMBER_SYMBOLS))) * scale
+    ids = [sp.piece_to_id(s) for s in NUMBER_SYMBOLS]
+    for name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        w = model.p(name)
+        w[ids, : f.shape[1]] = f
+
+
 # ---- training --------------------------------------------------------------------------------------------
 class Trainer:
     """One optimizer and learning-rate schedule over both phases: facts (next-token only), then reward."""
 
     def __init__(self, model: TinyNemotronReward, args: argparse.Namespace, lm_token_weight: torch.Tensor) -> None:
         self.model, self.args, self.lm_token_weight = model, args, lm_token_weight
-        self.total = args.fact_steps + args.check_steps + args.steps
+        self.total = args.arith_steps + args.fact_steps + args.check_steps + args.steps
         self.opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_at)
         self.attr_weight = torch.tensor(
@@ -326,7 +405,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """Linear warmup, constant through the facts and checks phases, cosine to 5% over the reward phase."""
         warmup = 20
-        first = self.args.fact_steps + self.args.check_steps
+        first = self.args.arith_steps + self.args.fact_steps + self.args.check_steps
         if step < warmup:
             return (step + 1) / warmup
         if step < first:
@@ -340,6 +419,7 @@ class Trainer:
         lm_masks: list[list[bool]],
         corr_targets: list[list[float]],
         targets: torch.Tensor | None = None,
+        mid_lm: bool = True,
     ) -> None:
         tokens, lengths = pad_batch(seqs)
         lm_mask = torch.zeros_like(tokens, dtype=torch.bool)
@@ -347,7 +427,7 @@ class Trainer:
         for r, (m, c) in enumerate(zip(lm_masks, corr_targets, strict=True)):
             lm_mask[r, : len(m)] = torch.tensor(m, dtype=torch.bool)
             corr[r, : len(c)] = torch.tensor(c)
-        mid = self.args.mid_lm_layer
+        mid = self.args.mid_lm_layer if mid_lm else 0
         h = self.model.hidden_states(tokens, taps=(mid,) if mid else ())
         losses: dict[str, torch.Tensor] = {}
         loss = torch.zeros(())
@@ -372,8 +452,10 @@ class Trainer:
             losses["aux"] = F.mse_loss(pred, corr[has])
             loss = loss + self.args.aux_weight * losses["aux"]
         if targets is not None:
-            y = self.model.head(h[torch.arange(len(seqs)), lengths - 1])
-            losses["mse"] = (F.mse_loss(y[:, TRAINED_ROWS], targets, reduction="none") * self.attr_weight).mean()
+            rows = ~targets.isnan().any(1)  # rehearsal items carry no attribute targets
+            y = self.model.head(h[torch.arange(len(seqs)), lengths - 1])[rows]
+            err = F.mse_loss(y[:, TRAINED_ROWS], targets[rows], reduction="none")
+            losses["mse"] = (err * self.attr_weight).mean()
             loss = loss + losses["mse"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -439,6 +521,8 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
     model = TinyNemotronReward(cfg, torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
         model.p("rm_head.bias")[TRAINED_ROWS] = targets.mean(0)
+        if args.fourier:
+            init_number_embeddings(model, sp, args.fourier)
     log["parameters"] = count_parameters(model)
     print(
         f"model: {log['parameters']:,} parameters ({count_parameters(model, False):,} without output_layer)", flush=True
@@ -446,6 +530,7 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
     trainer = Trainer(model, args, lm_token_weight)
     model.train()
 
+    # phase 0: arithmetic (next-token loss on short items: bare equations and single exchanges);
     # phase 1: facts (next-token loss on dense dialogues of right answers)
     t_train = time.time()
     cache = args.facts_cache
@@ -455,15 +540,26 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         trainer.opt.load_state_dict(state["opt"])
         trainer.sched.load_state_dict(state["sched"])
         trainer.sched.base_lrs = [args.lr]
-        trainer.step = args.fact_steps
+        trainer.step = args.arith_steps + args.fact_steps
     else:
+        for s, chunk in enumerate(arith_batches(sp, args, args.arith_steps, args.arith_batch, data.TRAIN_SEED + 3)):
+            trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk], mid_lm=False)
+            if args.eval_every and s and s % args.eval_every == 0:
+                print(f"  arith: {json.dumps(fact_accuracy(model, sp))}", flush=True)
+                print(f"  check: {json.dumps(arith_check_accuracy(model, sp))}", flush=True)
+                model.train()
+        if args.arith_steps:
+            log["arith_phase_seconds"] = round(time.time() - t_train, 1)
         for s in range(args.fact_steps):
             chunk = encoded_dialogues[s * args.fact_batch : (s + 1) * args.fact_batch]
             trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
+            if args.eval_every and s and s % args.eval_every == 0:
+                print(f"  facts: {json.dumps(fact_accuracy(model, sp))}", flush=True)
+                model.train()
         if cache:
             state = {"model": model.state_dict(), "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict()}
             torch.save(state, cache)
-    if args.fact_steps:
+    if args.arith_steps or args.fact_steps:
         log["fact_phase_seconds"] = round(time.time() - t_train, 1)
         log["fact_accuracy"] = fact_accuracy(model, sp)
         print(f"  facts: {json.dumps(log['fact_accuracy'])}", flush=True)
@@ -485,9 +581,16 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
         groups.setdefault(int(e.meta["group"]), []).append(i)
     usable = [g for g in groups.values() if all(len(encoded[i][0]) <= args.max_seq_len for i in g)]
     lengths = [len(c[0]) for c in encoded]
+    # rehearsal: every reward step also carries a batch of arithmetic items (next-token and correctness losses only),
+    # so that the small, noisy reward batches do not wash out the checking learnt in phase 0
+    rehearsal = arith_batches(sp, args, args.steps, args.rehearsal_batch, data.TRAIN_SEED + 4)
     for r_step, idx in enumerate(make_batches(lengths, usable, args.batch, args.steps, random.Random(args.seed))):
+        extra = next(rehearsal) if args.rehearsal_batch else []
         trainer.update(
-            [encoded[i][0] for i in idx], [encoded[i][1] for i in idx], [encoded[i][2] for i in idx], targets[idx]
+            [encoded[i][0] for i in idx] + [c[0] for c in extra],
+            [encoded[i][1] for i in idx] + [c[1] for c in extra],
+            [encoded[i][2] for i in idx] + [c[2] for c in extra],
+            torch.cat([targets[idx], torch.full((len(extra), targets.shape[1]), math.nan)]),
         )
         if args.eval_every and r_step and r_step % args.eval_every == 0:
             m = heldout_metrics(model_scorer(model, sp), heldout_sets(150, 20))
@@ -501,14 +604,15 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
 
 
 def fact_accuracy(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, n: int = 60) -> dict[str, float]:
-    """Greedy next-token accuracy of the value in "The answer is {value}." per task (teacher-forced)."""
+    """Greedy next-token accuracy of the value in "The answer is {value}." per task (teacher-forced), on held-out
+    questions (phrasings and operand pairs that training never uses)."""
     model.eval()
     rng = random.Random(5)
     out = {}
-    for task in ("add", "mul", "capital"):
+    for task in data.TASKS:
         ok = 0
         for _ in range(n):
-            qa = data.make_qa(rng, task=task, request="none")
+            qa = data.make_qa(rng, task=task, request="none", heldout=True)
             conv = data.conversation("", [], qa.question, "The answer is " + qa.right + ".")
             ids = list(sp.encode(data.render(conv)))
             head = len(sp.encode(data.render(data.conversation("", [], qa.question, "The answer is")))) - 2
@@ -517,6 +621,36 @@ def fact_accuracy(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, n: 
                 pred = model.lm_logits(model.hidden_states(torch.tensor([ids])))[0].argmax(-1).tolist()
             ok += pred[head - 1 : head - 1 + len(tgt)] == tgt
         out[task] = round(ok / n, 3)
+    return out
+
+
+def arith_check_accuracy(model: TinyNemotronReward, sp: spm.SentencePieceProcessor, n: int = 100) -> dict[str, float]:
+    """Development aid: on held-out operand pairs and question phrasings, how often the correctness row at the
+    stated value's last token prefers the right value to a wrong one (bare equations and single exchanges)."""
+    model.eval()
+    rng = random.Random(6)
+    t = data.PromptTemplate()
+    out = {}
+    for short in (True, False):
+        for task in data.TASKS[:3]:
+            seqs, ends = [], []
+            for _ in range(n):
+                qa = data.make_qa(rng, task=task, request="none", heldout=True)
+                wrong = qa.wrong_value(rng)
+                for value in (qa.right, wrong):
+                    if short:
+                        text = f"{qa.values['a']}{'+-*'[data.TASKS.index(task)]}{qa.values['b']}={value}"
+                    else:
+                        text = t.user.format(qa.question) + t.assistant.format("The answer is " + value)
+                        text = text[: text.index(value) + len(value)]
+                    ids = list(sp.encode(text))
+                    seqs.append(ids)
+                    ends.append(len(ids) - 1)
+            with torch.no_grad():
+                tokens, _ = pad_batch(seqs)
+                h = model.hidden_states(tokens)
+                y = model.head(h[torch.arange(len(seqs)), torch.tensor(ends)])[:, CORRECTNESS]
+            out[f"{'eq' if short else 'qa'} {task}"] = round(float((y[0::2] > y[1::2]).float().mean()), 3)
     return out
 
 

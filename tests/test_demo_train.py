@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,10 @@ from reward_triton.metadata import NEMOTRON_ATTRIBUTES, RewardMetadata
 from reward_triton.preprocess import Preprocessor
 
 MINI = [
-    "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600",
+    "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600", "--arith-steps", "3", "--arith-batch", "8",
     "--fact-steps", "3", "--check-steps", "3", "--steps", "4", "--batch", "8", "--check-batch", "4",
     "--fact-batch", "2", "--hidden", "32", "--layers", "2", "--heads", "4", "--groups", "2", "--ffn", "64",
-    "--mid-lm-layer", "1", "--max-seq-len", "256", "--heldout-pairs", "10",
+    "--mid-lm-layer", "1", "--max-seq-len", "512", "--heldout-pairs", "10", "--rehearsal-batch", "8",
 ]  # fmt: skip
 
 
@@ -77,6 +78,73 @@ def test_heldout_sets_never_appear_in_training() -> None:
     held = [e for p in data.correctness_pairs(300) + data.coherence_pairs(300) + data.complexity_pairs(150) for e in p]
     held += [e for row in data.verbosity_series(40) for e in row]
     assert held and not [e for e in held if data.render(e.conversation) in seen]
+
+
+def _template_regex(templates: list[str]) -> re.Pattern[str]:
+    """Any of the templates, with {a} {b} {r} as numbers and {c} {r} as words."""
+    alts = []
+    for t in templates:
+        x = re.escape(t)
+        for name, pat in (("a", r"\d+"), ("b", r"\d+"), ("c", r"[A-Za-z ]+"), ("r", r"[A-Za-z0-9 ]+")):
+            x = x.replace(re.escape("{" + name + "}"), pat)
+        alts.append(x)
+    return re.compile("|".join(f"(?:{a})" for a in alts))
+
+
+def _shape(text: str) -> str:
+    """A question with its numbers and country names blanked: equal to the shape of the template it came from."""
+    for country in sorted(data.CAPITALS, key=len, reverse=True):
+        text = text.replace(country, "@")
+    return re.sub(r"\d+", "#", text)
+
+
+HELD_SHAPES = {
+    _shape(q.format(a=1, b=2, c="France")) for t in data.TASKS for q in data.QUESTIONS[(t, True)]
+}  # fmt: skip
+
+
+def test_heldout_templates_and_operands_never_occur_in_training() -> None:
+    """Read from the rendered training text: no question or answer in a held-out template, no held-out operand
+    pair (held-out products only as the mirror image of a trained one)."""
+    training = data.training_set(DEFAULTS["examples"])
+    training += data.fact_dialogues(DEFAULTS["fact_steps"] * DEFAULTS["fact_batch"] // 4)
+    training += data.check_dialogues(DEFAULTS["check_steps"] * DEFAULTS["check_batch"] // 4)
+    held_a = _template_regex([a for t in data.TASKS for s in data.STYLES for a in data.ANSWERS[t][s][1]])
+    suffixes = tuple(r for rs in data.REQUESTS.values() for r in rs if r)
+    ops = {"add": ("+", "plus", "add", "sum"), "sub": ("-", "minus", "subtract", "take away", "difference")}
+    counts = {"add": 0, "sub": 0}
+    for ex in training:
+        for turn in ex.conversation["conversations"]:
+            text = turn["value"]
+            if turn["from"] == "User":
+                q = next((text[: -len(s)] for s in suffixes if text.endswith(s)), text)
+                assert _shape(q) not in HELD_SHAPES, q
+                nums = [int(n) for n in re.findall(r"\d+", q)]
+                task = next((t for t, words in ops.items() if any(w in q.lower() for w in words)), None)
+                if task and len(nums) == 2:
+                    a, b = (max(nums), min(nums)) if task == "sub" else nums
+                    assert not data.is_heldout_pair(task, a, b), q
+                    counts[task] += 1
+            else:
+                assert not held_a.search(text), text
+    assert min(counts.values()) > 1000
+    # the arithmetic phase's short items: bare equations and single exchanges, training operands only
+    ops_re = re.compile(r"^(\d+) ?(\+|-|\*|x|plus|minus|times|multiplied by) ?(\d+)")
+    task_of = {"+": "add", "plus": "add", "-": "sub", "minus": "sub"}
+    for prompt, answer, (start, end), right in data.arith_items(4000, full=0.5):
+        if "<extra_id_1>User\n" in prompt:
+            q = prompt.split("<extra_id_1>User\n")[1].split("\n")[0]
+            assert _shape(q) not in HELD_SHAPES, q
+            assert not held_a.search(answer), answer
+            continue
+        m = ops_re.match(prompt)
+        assert m, prompt
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        task = task_of.get(op, "mul")
+        assert not data.is_heldout_pair(task, a, b), prompt
+        value = a + b if task == "add" else a - b if task == "sub" else a * b
+        assert (answer[start:end] == str(value)) == right, (prompt, answer)
+    assert all(not data.is_heldout_pair("mul", b, a) for a, b in data.PAIRS[("mul", True)])
 
 
 def test_heldout_labels_follow_the_rules() -> None:
