@@ -34,7 +34,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, HELPSTEER2_ATTRIBUTES, PromptTemplate
+from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, PromptTemplate
 
 Conversation = dict[str, Any]
 
@@ -490,16 +490,6 @@ class Example:
     def answer(self) -> str:
         return str(self.conversation["conversations"][-1]["value"])
 
-    def to_record(self) -> Conversation:
-        """NeMo conversation JSON with a `label` string on the scored (last) assistant turn."""
-        conv = {**self.conversation, "conversations": [dict(t) for t in self.conversation["conversations"]]}
-        label = ",".join(f"{k}:{self.targets[k]:g}" for k in HELPSTEER2_ATTRIBUTES)
-        for turn in conv["conversations"]:
-            if turn["from"] == "Assistant":
-                turn["label"] = None
-        conv["conversations"][-1]["label"] = label
-        return conv
-
 
 def render(conversation: Conversation, template: PromptTemplate | None = None) -> str:
     """SteerLM string that scores the LAST assistant turn: system, every turn, then the label prefix."""
@@ -741,24 +731,6 @@ def make_context(rng: random.Random, heldout: bool | None) -> tuple[list[dict[st
     return turns, good, checks
 
 
-def fact_dialogues(n: int, seed: int = TRAIN_SEED + 1, turns: int = 6) -> list[Example]:
-    """n dialogues of `turns` exchanges with right, fluent, unpadded answers in training phrasings: dense in
-    facts, for next-token pretraining (the model learns the facts before it learns to check them)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        system = rng.choices(TRAIN_SYSTEMS, weights=[1, 4, 2, 1, 1, 1, 1])[0]
-        conv: list[dict[str, str]] = []
-        for _ in range(turns):
-            qa = make_qa(rng, request="none", weights=CHECK_TASK_WEIGHTS)
-            style = rng.choices(STYLES, weights=[4, 5, 1])[0]
-            text = qa.phrase(style, pick_template(rng, qa, style, heldout=False), qa.right)
-            conv += [{"from": "User", "value": qa.question}, {"from": "Assistant", "value": text}]
-        lm_turns = list(range(1, len(conv), 2))
-        out.append(Example({"system": system, "conversations": conv, "mask": "User"}, {}, {"lm_turns": lm_turns}))
-    return out
-
-
 ARITH_SEPARATORS = ["=", " = ", " is ", " equals "]
 ArithItem = tuple[str, str, tuple[int, int], bool]  # prompt, answer, value span in the answer, value is right
 
@@ -805,45 +777,6 @@ def arith_items(
         text = qa.phrase(style, k, value)
         prompt = t.user.format(qa.question) + t.assistant.format("")[:-1]
         out.append((prompt, text + "\n", value_span(qa, style, k, value, text), right))
-    return out
-
-
-def check_dialogues(n: int, seed: int = TRAIN_SEED + 2, turns: tuple[int, ...] = (1, 2, 3)) -> list[Example]:
-    """n dialogues (n even) in twin pairs: each exchange is answered rightly in one twin and wrongly in the
-    other (same phrasing and extra sentences), and every answer carries a correctness check. Dense in checks,
-    they teach the model to check a stated value against the facts it knows."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n // 2):
-        system = rng.choice(TRAIN_SYSTEMS)
-        convs: list[list[dict[str, str]]] = [[], []]
-        lm_turns: list[list[int]] = [[], []]
-        checks: list[list[Check]] = [[], []]
-        for _ in range(rng.choice(turns)):
-            qa = make_qa(rng, weights=CHECK_TASK_WEIGHTS)
-            style = rng.choices(STYLES, weights=[2, 5, 3])[0]
-            first_right = rng.random() < 0.5
-            wrong = qa.wrong_value(rng)
-            twin = rng.random()
-            for k in range(2):
-                correct = (k == 0) == first_right
-                text, _, meta = make_answer(
-                    random.Random(twin),
-                    qa,
-                    False,
-                    style=style,
-                    correct=correct,
-                    fluent=True,
-                    value=qa.right if correct else wrong,
-                )
-                i = len(convs[k]) + 1
-                if correct:
-                    lm_turns[k].append(i)
-                checks[k] += answer_check(i, meta)
-                convs[k] += [{"from": "User", "value": qa.question}, {"from": "Assistant", "value": text}]
-        for k in range(2):
-            conv = {"system": system, "conversations": convs[k], "mask": "User"}
-            out.append(Example(conv, {}, {"lm_turns": lm_turns[k], "checks": checks[k]}))
     return out
 
 

@@ -8,14 +8,13 @@ software stack regenerates the same tokenizer, data and weights. Steps:
 2. train a sentencepiece BPE tokenizer on them (extra_id symbols, newline and every whole number 0..199 as single
    tokens, byte fallback, identity normalization); the number tokens' embeddings start on circles
    (`number_features`);
-3. train TinyNemotronReward in three phases of one AdamW run:
+3. train TinyNemotronReward in two phases of one AdamW run:
    - arithmetic: short items (bare equations such as "47+38=" and single exchanges in the prompt template), a
      share of them stating a wrong value: next-token loss on right values, and the correctness row of the reward
      head from the stated value on;
-   - checks: twin dialogues, every exchange right in one twin and wrong (mostly a near miss) in the other;
    - reward: MSE on the five HelpSteer2 outputs (rows 4..8) of the last token of labelled conversations, plus
      the next-token loss on right, fluent answers; rows 0..3 of rm_head keep their random initialisation, as in
-     the real model;
+     the real model; every step also rehearses a batch of arithmetic items;
 4. evaluate the held-out sets in fp32 and with bf16-rounded weights;
 5. write model_config.yaml, model_weights/ (zarr, bf16) and the tokenizer.
 """
@@ -65,10 +64,6 @@ DEFAULTS: dict[str, Any] = {
     "examples": 20000,
     "tokenizer_examples": 20000,
     "vocab": 1200,
-    "fact_steps": 0,
-    "check_steps": 0,
-    "check_batch": 32,
-    "fact_batch": 16,
     "steps": 800,
     "rehearsal_batch": 192,
     "batch": 48,
@@ -80,7 +75,6 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "threads": 2,
     "max_seq_len": 512,
-    "mid_lm_layer": 0,
     "hidden": 128,
     "layers": 4,
     "heads": 4,
@@ -392,7 +386,7 @@ class Trainer:
 
     def __init__(self, model: TinyNemotronReward, args: argparse.Namespace, lm_token_weight: torch.Tensor) -> None:
         self.model, self.args, self.lm_token_weight = model, args, lm_token_weight
-        self.total = args.arith_steps + args.fact_steps + args.check_steps + args.steps
+        self.total = args.arith_steps + args.steps
         self.opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_at)
         self.attr_weight = torch.tensor(
@@ -405,7 +399,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """Linear warmup, constant through the facts and checks phases, cosine to 5% over the reward phase."""
         warmup = 20
-        first = self.args.arith_steps + self.args.fact_steps + self.args.check_steps
+        first = self.args.arith_steps
         if step < warmup:
             return (step + 1) / warmup
         if step < first:
@@ -419,7 +413,6 @@ class Trainer:
         lm_masks: list[list[bool]],
         corr_targets: list[list[float]],
         targets: torch.Tensor | None = None,
-        mid_lm: bool = True,
     ) -> None:
         tokens, lengths = pad_batch(seqs)
         lm_mask = torch.zeros_like(tokens, dtype=torch.bool)
@@ -427,8 +420,7 @@ class Trainer:
         for r, (m, c) in enumerate(zip(lm_masks, corr_targets, strict=True)):
             lm_mask[r, : len(m)] = torch.tensor(m, dtype=torch.bool)
             corr[r, : len(c)] = torch.tensor(c)
-        mid = self.args.mid_lm_layer if mid_lm else 0
-        h = self.model.hidden_states(tokens, taps=(mid,) if mid else ())
+        h = self.model.hidden_states(tokens)
         losses: dict[str, torch.Tensor] = {}
         loss = torch.zeros(())
         sel = lm_mask[:, 1:]
@@ -438,13 +430,6 @@ class Trainer:
             ce = F.cross_entropy(self.model.lm_logits(h[:, :-1][sel]), nxt, reduction="none")
             losses["lm"] = (ce * w).sum() / w.sum()
             loss = loss + self.args.lm_weight * losses["lm"]
-            if mid:
-                # the same prediction from the middle of the network, so that later layers can compare the
-                # stated value with the expected one
-                h_mid = self.model.final_norm(self.model.tapped[mid][:, :-1][sel])
-                ce = F.cross_entropy(self.model.lm_logits(h_mid), nxt, reduction="none")
-                losses["lm_mid"] = (ce * w).sum() / w.sum()
-                loss = loss + self.args.lm_weight * losses["lm_mid"]
         has = ~corr.isnan()
         if has.any() and self.args.aux_weight:
             # correctness is known from the stated value's last token on: supervise rm_head's correctness row there
@@ -482,26 +467,19 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
     log: dict[str, Any] = {"args": vars(args).copy()}
 
     examples = data.training_set(args.examples)
-    dialogues = data.fact_dialogues(args.fact_steps * args.fact_batch)
-    check_dialogues = data.check_dialogues(args.check_steps * args.check_batch)
     texts = [data.render(e.conversation) for e in examples]
     tokenizer = train_tokenizer(texts[: args.tokenizer_examples], args.vocab)
     sp = load_tokenizer(tokenizer)
     vocab = sp.get_piece_size()
     padded = 128 * math.ceil(vocab / 128)
     encoded = [encode_example(sp, e) for e in examples]
-    encoded_dialogues = [encode_example(sp, e) for e in dialogues]
-    encoded_checks = [encode_example(sp, e) for e in check_dialogues]
-    log["data_sha256"] = hashlib.sha256(
-        "\x00".join(texts + [data.render(e.conversation) for e in dialogues + check_dialogues]).encode()
-    ).hexdigest()
+    log["data_sha256"] = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
     log["tokenizer_sha256"] = hashlib.sha256(tokenizer).hexdigest()
     log["vocab"] = vocab
     mean_len = sum(len(c[0]) for c in encoded) / len(encoded)
     print(
-        f"data: {len(examples)} scored conversations (mean {mean_len:.1f} tokens), {len(dialogues)} fact "
-        f"dialogues; vocab {vocab} (padded {padded}); data {log['data_sha256'][:12]} "
-        f"tokenizer {log['tokenizer_sha256'][:12]}",
+        f"data: {len(examples)} scored conversations (mean {mean_len:.1f} tokens); vocab {vocab} (padded {padded}); "
+        f"data {log['data_sha256'][:12]} tokenizer {log['tokenizer_sha256'][:12]}",
         flush=True,
     )
 
@@ -530,52 +508,21 @@ def train(args: argparse.Namespace) -> tuple[TinyNemotronReward, bytes, dict[str
     trainer = Trainer(model, args, lm_token_weight)
     model.train()
 
-    # phase 0: arithmetic (next-token loss on short items: bare equations and single exchanges);
-    # phase 1: facts (next-token loss on dense dialogues of right answers)
+    # phase 1: arithmetic items (next-token loss on right values, correctness from the stated value on)
     t_train = time.time()
-    cache = args.facts_cache
-    if cache and cache.is_file():
-        state = torch.load(cache, weights_only=True)
-        model.load_state_dict(state["model"])
-        trainer.opt.load_state_dict(state["opt"])
-        trainer.sched.load_state_dict(state["sched"])
-        trainer.sched.base_lrs = [args.lr]
-        trainer.step = args.arith_steps + args.fact_steps
-    else:
-        for s, chunk in enumerate(arith_batches(sp, args, args.arith_steps, args.arith_batch, data.TRAIN_SEED + 3)):
-            trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk], mid_lm=False)
-            if args.eval_every and s and s % args.eval_every == 0:
-                print(f"  arith: {json.dumps(fact_accuracy(model, sp))}", flush=True)
-                print(f"  check: {json.dumps(arith_check_accuracy(model, sp))}", flush=True)
-                model.train()
-        if args.arith_steps:
-            log["arith_phase_seconds"] = round(time.time() - t_train, 1)
-        for s in range(args.fact_steps):
-            chunk = encoded_dialogues[s * args.fact_batch : (s + 1) * args.fact_batch]
-            trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
-            if args.eval_every and s and s % args.eval_every == 0:
-                print(f"  facts: {json.dumps(fact_accuracy(model, sp))}", flush=True)
-                model.train()
-        if cache:
-            state = {"model": model.state_dict(), "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict()}
-            torch.save(state, cache)
-    if args.arith_steps or args.fact_steps:
-        log["fact_phase_seconds"] = round(time.time() - t_train, 1)
+    for s, chunk in enumerate(arith_batches(sp, args, args.arith_steps, args.arith_batch, data.TRAIN_SEED + 3)):
+        trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
+        if args.eval_every and s and s % args.eval_every == 0:
+            print(f"  arith: {json.dumps(fact_accuracy(model, sp))}", flush=True)
+            print(f"  check: {json.dumps(arith_check_accuracy(model, sp))}", flush=True)
+            model.train()
+    if args.arith_steps:
+        log["arith_phase_seconds"] = round(time.time() - t_train, 1)
         log["fact_accuracy"] = fact_accuracy(model, sp)
         print(f"  facts: {json.dumps(log['fact_accuracy'])}", flush=True)
         model.train()
 
-    # phase 2: checks (twin dialogues, each turn right in one twin and wrong in the other: correctness from the
-    # stated value on, next-token loss on the right answers)
-    for s in range(args.check_steps):
-        chunk = encoded_checks[s * args.check_batch : (s + 1) * args.check_batch]
-        trainer.update([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
-        if args.eval_every and s and s % args.eval_every == 0:
-            m = heldout_metrics(model_scorer(model, sp), heldout_sets(150, 20))
-            print("  eval " + json.dumps({k: round(v, 3) for k, v in m.items()}), flush=True)
-            model.train()
-
-    # phase 3: reward (MSE on rows 4..8 at the last token) + next-token loss on right, fluent answers
+    # phase 2: reward (MSE on rows 4..8 at the last token) + next-token loss on right, fluent answers
     groups: dict[int, list[int]] = {}
     for i, e in enumerate(examples):
         groups.setdefault(int(e.meta["group"]), []).append(i)
@@ -662,7 +609,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=0, help="evaluate a small held-out sample every N steps")
     ap.add_argument("--heldout-pairs", type=int, default=300, help="size of the final held-out evaluation")
     ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--facts-cache", type=Path, help="development: reuse (or write) the state after the facts phase")
     ap.add_argument("--state", type=Path, help="also torch.save the fp32 tensors + tokenizer here")
     args = ap.parse_args(argv)
 
