@@ -506,19 +506,22 @@ def n_words(text: str) -> int:
     return len(text.split())
 
 
-def shuffle_words(text: str, rng: random.Random) -> str:
-    """Word-shuffle so that at most a third of the original adjacent word pairs survive."""
+def shuffle_words(text: str, rng: random.Random, keep_ends: bool = False) -> str:
+    """Word-shuffle so that at most a third of the original adjacent word pairs survive. With `keep_ends` the
+    last word (with its full stop) stays last, so the shuffle cannot be told by where the punctuation sits."""
     words = text.split()
     if len(words) < 4:
         raise ValueError(f"too short to shuffle: {text!r}")
     pairs = set(zip(words, words[1:], strict=False))
+    head, tail = (words[:-1], words[-1:]) if keep_ends else (words, [])
     for _ in range(100):
-        perm = words[:]
+        perm = head[:]
         rng.shuffle(perm)
+        perm += tail
         kept = sum((x, y) in pairs for x, y in zip(perm, perm[1:], strict=False))
         if perm != words and kept <= (len(words) - 1) // 3:
             return " ".join(perm)
-    return " ".join(reversed(words))
+    return " ".join([*reversed(head), *tail])
 
 
 @dataclass
@@ -533,22 +536,22 @@ class QA:
     request: str  # none | brief | detailed
     heldout: bool = False
 
-    def wrong_value(self, rng: random.Random) -> str:
-        """A wrong value: mostly a near miss (see the module docstring)."""
-        return self.wrong(rng)[0]
+    def wrong_value(self, rng: random.Random, training: bool = False) -> str:
+        """A wrong value (for `training`: the hard kinds of miss weighted up, `TRAIN_MISS_WEIGHTS`)."""
+        return self.wrong(rng, TRAIN_MISS_WEIGHTS if training else None)[0]
 
-    def wrong(self, rng: random.Random) -> tuple[str, str]:
-        """(wrong value, kind of miss)."""
+    def wrong(self, rng: random.Random, weights: dict[str, int] | None = None) -> tuple[str, str]:
+        """(wrong value, kind of miss); `weights` of the kinds default to `MISS_WEIGHTS` (the held-out sets')."""
         if self.task == "capital":
             others = OTHER_CITIES.get(self.values["c"], [])
             if others and rng.random() < 0.4:
                 return rng.choice(others), "other city"
             return rng.choice([v for v in CAPITALS.values() if v != self.right]), "other capital"
         r, a, b = int(self.right), int(self.values["a"]), int(self.values["b"])
-        kinds = ["near", "ten", "swap", "table", "random"]
-        weights = [5, 2, 1, 2 if self.task == "mul" else 0, 2]
+        w_of = weights or MISS_WEIGHTS
+        kinds = [k for k in w_of if k != "table" or self.task == "mul"]
         while True:
-            kind = rng.choices(kinds, weights=weights)[0]
+            kind = rng.choices(kinds, weights=[w_of[k] for k in kinds])[0]
             if kind == "near":
                 w = r + rng.choice([-3, -2, -1, 1, 2, 3])
             elif kind == "ten":
@@ -568,6 +571,10 @@ class QA:
         return answer_templates(self.task, style)[template].format(r=value, **self.values)
 
 
+# kinds of wrong value: off by 1..3, off by 10, digits swapped, a times-table neighbour (products only), any value
+MISS_WEIGHTS = {"near": 5, "ten": 2, "swap": 1, "table": 2, "random": 2}
+# training sees more of the misses that are hard to tell (near misses), fewer random values
+TRAIN_MISS_WEIGHTS = {"near": 8, "ten": 2, "swap": 1, "table": 2, "random": 1}
 TASK_WEIGHTS = (3, 3, 2, 2)  # add, sub, mul, capital
 CHECK_TASK_WEIGHTS = (5, 5, 1, 1)  # two-digit sums and differences need the most checking
 EQUATION_TASK_WEIGHTS = (5, 5, 1, 0)  # bare equations: the times table is small, capitals are not equations
@@ -683,7 +690,7 @@ def make_answer(
     shuffle_rng = random.Random(rng.random())
     fluent_draw = rng.random()
     if value is None:
-        value = qa.right if correct else qa.wrong_value(rng)
+        value = qa.right if correct else qa.wrong_value(rng, training=heldout is False)
     text = with_fillers(filler_rng, qa.phrase(style, t, value), fillers)
     if fluent is None:
         fluent = n_words(text) < 4 or fluent_draw < 0.7
@@ -759,7 +766,7 @@ def arith_items(
         short = rng.random() < compact
         qa = make_qa(rng, request="none", weights=EQUATION_TASK_WEIGHTS if short else CHECK_TASK_WEIGHTS)
         right = rng.random() >= wrong
-        value = qa.right if right else qa.wrong_value(rng)
+        value = qa.right if right else qa.wrong_value(rng, training=True)
         if short:
             prompt = rng.choice(EXPRESSIONS[qa.task]).format(**qa.values) + rng.choice(ARITH_SEPARATORS)
             out.append((prompt, value, (0, len(value)), right))
@@ -862,8 +869,9 @@ def correctness_pairs(n: int, seed: int = HELDOUT_SEED) -> list[tuple[Example, E
     return pairs
 
 
-def coherence_pairs(n: int, seed: int = HELDOUT_SEED + 1) -> list[tuple[Example, Example]]:
-    """(fluent, shuffled): the same correct answer, words in order vs shuffled."""
+def coherence_pairs(n: int, seed: int = HELDOUT_SEED + 1, keep_ends: bool = False) -> list[tuple[Example, Example]]:
+    """(fluent, shuffled): the same correct answer, words in order vs shuffled (`keep_ends`: the last word and its
+    full stop stay last)."""
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
@@ -873,7 +881,7 @@ def coherence_pairs(n: int, seed: int = HELDOUT_SEED + 1) -> list[tuple[Example,
         text = with_fillers(rng, qa.phrase(style, t, qa.right), k)
         if n_words(text) < 5:
             text = with_fillers(rng, qa.phrase(style, t, qa.right), k + 1)
-        shuffled = shuffle_words(text, rng)
+        shuffled = shuffle_words(text, rng, keep_ends=keep_ends)
         meta = {"task": qa.task, "style": style, "template": t}
         fluent_ex = Example(
             conversation(system, context, qa.question, text),

@@ -78,14 +78,16 @@ def test_heldout_sets_never_appear_in_training() -> None:
 
 
 def _template_regex(templates: list[str]) -> re.Pattern[str]:
-    """Any of the templates, with {a} {b} {r} as numbers and {c} {r} as words."""
+    """Any of the templates from a sentence start, with {a} {b} as numbers, {c} as words and {r} as a number or a
+    capitalised name (a word shuffle of training sentences does not read as a held-out template by chance)."""
+    name_re = r"[A-Z][a-z]+(?: [A-Z][a-z]+)*"
     alts = []
     for t in templates:
         x = re.escape(t)
-        for name, pat in (("a", r"\d+"), ("b", r"\d+"), ("c", r"[A-Za-z ]+"), ("r", r"[A-Za-z0-9 ]+")):
+        for name, pat in (("a", r"\d+"), ("b", r"\d+"), ("c", r"[A-Za-z ]+"), ("r", rf"(?:\d+|{name_re})")):
             x = x.replace(re.escape("{" + name + "}"), pat)
         alts.append(x)
-    return re.compile("|".join(f"(?:{a})" for a in alts))
+    return re.compile(r"(?:^|(?<=[.!?] ))(?:" + "|".join(f"(?:{a})" for a in alts) + ")")
 
 
 def _shape(text: str) -> str:
