@@ -536,22 +536,22 @@ class QA:
     request: str  # none | brief | detailed
     heldout: bool = False
 
-    def wrong_value(self, rng: random.Random, training: bool = False) -> str:
-        """A wrong value (for `training`: the hard kinds of miss weighted up, `TRAIN_MISS_WEIGHTS`)."""
-        return self.wrong(rng, TRAIN_MISS_WEIGHTS if training else None)[0]
+    def wrong_value(self, rng: random.Random) -> str:
+        """A wrong value: mostly a near miss (see the module docstring)."""
+        return self.wrong(rng)[0]
 
-    def wrong(self, rng: random.Random, weights: dict[str, int] | None = None) -> tuple[str, str]:
-        """(wrong value, kind of miss); `weights` of the kinds default to `MISS_WEIGHTS` (the held-out sets')."""
+    def wrong(self, rng: random.Random) -> tuple[str, str]:
+        """(wrong value, kind of miss)."""
         if self.task == "capital":
             others = OTHER_CITIES.get(self.values["c"], [])
             if others and rng.random() < 0.4:
                 return rng.choice(others), "other city"
             return rng.choice([v for v in CAPITALS.values() if v != self.right]), "other capital"
         r, a, b = int(self.right), int(self.values["a"]), int(self.values["b"])
-        w_of = weights or MISS_WEIGHTS
-        kinds = [k for k in w_of if k != "table" or self.task == "mul"]
+        kinds = ["near", "ten", "swap", "table", "random"]
+        weights = [5, 2, 1, 2 if self.task == "mul" else 0, 2]
         while True:
-            kind = rng.choices(kinds, weights=[w_of[k] for k in kinds])[0]
+            kind = rng.choices(kinds, weights=weights)[0]
             if kind == "near":
                 w = r + rng.choice([-3, -2, -1, 1, 2, 3])
             elif kind == "ten":
@@ -571,10 +571,6 @@ class QA:
         return answer_templates(self.task, style)[template].format(r=value, **self.values)
 
 
-# kinds of wrong value: off by 1..3, off by 10, digits swapped, a times-table neighbour (products only), any value
-MISS_WEIGHTS = {"near": 5, "ten": 2, "swap": 1, "table": 2, "random": 2}
-# training sees more of the misses that are hard to tell (near misses), fewer random values
-TRAIN_MISS_WEIGHTS = {"near": 8, "ten": 2, "swap": 1, "table": 2, "random": 1}
 TASK_WEIGHTS = (3, 3, 2, 2)  # add, sub, mul, capital
 CHECK_TASK_WEIGHTS = (5, 5, 1, 1)  # two-digit sums and differences need the most checking
 EQUATION_TASK_WEIGHTS = (5, 5, 1, 0)  # bare equations: the times table is small, capitals are not equations
@@ -690,7 +686,7 @@ def make_answer(
     shuffle_rng = random.Random(rng.random())
     fluent_draw = rng.random()
     if value is None:
-        value = qa.right if correct else qa.wrong_value(rng, training=heldout is False)
+        value = qa.right if correct else qa.wrong_value(rng)
     text = with_fillers(filler_rng, qa.phrase(style, t, value), fillers)
     if fluent is None:
         fluent = n_words(text) < 4 or fluent_draw < 0.7
@@ -766,7 +762,7 @@ def arith_items(
         short = rng.random() < compact
         qa = make_qa(rng, request="none", weights=EQUATION_TASK_WEIGHTS if short else CHECK_TASK_WEIGHTS)
         right = rng.random() >= wrong
-        value = qa.right if right else qa.wrong_value(rng, training=True)
+        value = qa.right if right else qa.wrong_value(rng)
         if short:
             prompt = rng.choice(EXPRESSIONS[qa.task]).format(**qa.values) + rng.choice(ARITH_SEPARATORS)
             out.append((prompt, value, (0, len(value)), right))

@@ -37,7 +37,6 @@ Scorer = Callable[[list[dict[str, Any]]], list[dict[str, float]]]
 N_PAIRS = 400  # correctness: 100 pairs per task
 N_SERIES = 40
 NEWCOMER_THRESHOLD = 0.9
-COHERENCE_ENDS_THRESHOLD = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,6 @@ def sets() -> dict[str, Any]:
     return {
         "correctness": data.correctness_pairs(N_PAIRS),
         "coherence": data.coherence_pairs(N_PAIRS),
-        "coherence_ends": data.coherence_pairs(N_PAIRS, seed=data.HELDOUT_SEED + 4, keep_ends=True),
         "verbosity": data.verbosity_series(N_SERIES),
         "complexity": data.complexity_pairs(N_PAIRS // 2),
     }
@@ -219,13 +217,6 @@ def test_fluent_answers_beat_shuffled_ones(score_conversations: Scorer, sets: di
     assert _wins(scored, "coherence") >= 0.95
     assert _mean_gap(scored, "coherence") > 2.0
     assert abs(_mean_gap(scored, "verbosity")) < 0.5  # same words, same length
-
-
-def test_shuffles_that_keep_the_last_word_read_as_incoherent(score_conversations: Scorer, sets: dict[str, Any]) -> None:
-    """ "Japan of is capital The Tokyo.": the value and the full stop still end the answer; only word order tells."""
-    scored = _pair_scores(score_conversations, sets["coherence_ends"])
-    assert _wins(scored, "coherence") >= COHERENCE_ENDS_THRESHOLD
-    assert _mean_gap(scored, "coherence") > 2.0
 
 
 def test_verbosity_tracks_answer_length(score_conversations: Scorer, sets: dict[str, Any]) -> None:
