@@ -15,7 +15,7 @@ software stack regenerates the same tokenizer, data and weights. Steps:
    - reward: MSE on the five HelpSteer2 outputs (rows 4..8) of the last token of labelled conversations, plus
      the next-token loss on right, fluent answers; rows 0..3 of rm_head keep their random initialisation, as in
      the real model; every step also rehearses a batch of arithmetic items;
-4. evaluate the held-out sets in fp32 and with bf16-rounded weights;
+4. evaluate the held-out sets with the weights rounded to bf16 (as written);
 5. write model_config.yaml, model_weights/ (zarr, bf16) and the tokenizer.
 """
 

@@ -72,7 +72,9 @@ def test_checkpoint_is_a_real_nemo_checkpoint(mini_runs: tuple[Path, Path, Path]
 def test_heldout_sets_never_appear_in_training() -> None:
     training = data.training_set(DEFAULTS["examples"])
     seen = {data.render(e.conversation) for e in training}
-    held = [e for p in data.correctness_pairs(300) + data.coherence_pairs(300) + data.complexity_pairs(150) for e in p]
+    pairs = data.correctness_pairs(300) + data.coherence_pairs(300) + data.complexity_pairs(150)
+    pairs += data.coherence_pairs(300, seed=data.HELDOUT_SEED + 4, keep_ends=True)
+    held = [e for p in pairs for e in p]
     held += [e for row in data.verbosity_series(40) for e in row]
     assert held and not [e for e in held if data.render(e.conversation) in seen]
 
@@ -80,7 +82,7 @@ def test_heldout_sets_never_appear_in_training() -> None:
 def _template_regex(templates: list[str]) -> re.Pattern[str]:
     """Any of the templates from a sentence start, with {a} {b} as numbers, {c} as words and {r} as a number or a
     capitalised name (a word shuffle of training sentences does not read as a held-out template by chance)."""
-    name_re = r"[A-Z][a-z]+(?: [A-Z][a-z]+)*"
+    name_re = r"[A-Z][a-z]+(?: (?:[a-z]+ )?[A-Z][a-z]+)*"  # "Mexico City", "Rio de Janeiro"
     alts = []
     for t in templates:
         x = re.escape(t)
@@ -154,6 +156,9 @@ def test_heldout_labels_follow_the_rules() -> None:
     for fluent, shuffled in data.coherence_pairs(50):
         assert sorted(fluent.answer.split()) == sorted(shuffled.answer.split()) and fluent.answer != shuffled.answer
         assert fluent.targets["coherence"] == 4.0 and shuffled.targets["coherence"] == 0.0
+    for fluent, shuffled in data.coherence_pairs(50, seed=data.HELDOUT_SEED + 4, keep_ends=True):
+        assert sorted(fluent.answer.split()) == sorted(shuffled.answer.split()) and fluent.answer != shuffled.answer
+        assert fluent.answer.split()[-1] == shuffled.answer.split()[-1] and shuffled.targets["coherence"] == 0.0
     for row in data.verbosity_series(5):
         words = [e.meta["words"] for e in row]
         targets = [e.targets["verbosity"] for e in row]
