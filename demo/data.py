@@ -865,10 +865,10 @@ def correctness_pairs(n: int, seed: int = HELDOUT_SEED) -> list[tuple[Example, E
     return pairs
 
 
-def coherence_pairs(n: int, seed: int = HELDOUT_SEED + 1, keep_ends: bool = False) -> list[tuple[Example, Example]]:
+def coherence_pairs(n: int, seed: int | None = None, keep_ends: bool = False) -> list[tuple[Example, Example]]:
     """(fluent, shuffled): the same correct answer, words in order vs shuffled (`keep_ends`: the last word and its
-    full stop stay last)."""
-    rng = random.Random(seed)
+    full stop stay last; each kind has its own default seed)."""
+    rng = random.Random(seed if seed is not None else HELDOUT_SEED + (4 if keep_ends else 1))
     pairs = []
     for _ in range(n):
         style = rng.choice(["sentence", "sentence", "steps"])

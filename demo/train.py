@@ -249,7 +249,7 @@ def heldout_sets(n_pairs: int = 300, n_series: int = 40) -> dict[str, Any]:
     return {
         "correctness": data.correctness_pairs(n_pairs),
         "coherence": data.coherence_pairs(n_pairs),
-        "coherence_ends": data.coherence_pairs(n_pairs, seed=data.HELDOUT_SEED + 4, keep_ends=True),
+        "coherence_ends": data.coherence_pairs(n_pairs, keep_ends=True),
         "verbosity": data.verbosity_series(n_series),
         "complexity": data.complexity_pairs(n_pairs // 2),
     }
