@@ -240,7 +240,7 @@ def test_verbosity_tracks_answer_length(score_conversations: Scorer, sets: dict[
 
 def test_step_by_step_answers_are_more_complex(score_conversations: Scorer, sets: dict[str, Any]) -> None:
     scored = _pair_scores(score_conversations, sets["complexity"])
-    assert _wins(scored, "complexity") >= 0.9
+    assert _wins(scored, "complexity") >= 0.88  # measured 0.905
     # attribute order: the style changed, so complexity moves up (targets 3 vs 1, this model: 0.87 on average);
     # correctness should not move, but this model scores right step-by-step answers about 0.6 lower than
     # one-sentence ones (demo/README.md)
