@@ -246,6 +246,17 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / (vx * vy) if vx and vy else 0.0
 
 
+def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a win rate (95% for z = 1.96)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = wins / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def heldout_sets(n_pairs: int = 300, n_series: int = 40) -> dict[str, Any]:
     return {
         "correctness": data.correctness_pairs(n_pairs),

@@ -26,7 +26,7 @@ from build_engine.convert import convert
 from build_engine.repository import render_repository
 from client.api import RewardClient, Score
 from demo import data
-from demo.train import spearman
+from demo.train import spearman, wilson_interval
 from reward_triton.conversation import from_nemo
 from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES, RewardMetadata, render
 
@@ -34,7 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"
 Scorer = Callable[[list[dict[str, Any]]], list[dict[str, float]]]
 
-N_PAIRS = 400  # correctness: 100 pairs per task
+# Pair counts. A win rate over 100 pairs has a 95% interval of about ±6 points (differences: 0.88 on the first 100
+# of these pairs, 0.92 on all 1000), too wide to tell whether an operation clears 0.9; over 1000, about ±1.7.
+N_CORRECTNESS = 4000  # 1000 per task
+N_COHERENCE = 1000
+N_COMPLEXITY = 1000
 N_SERIES = 40
 NEWCOMER_THRESHOLD = 0.9
 
@@ -70,10 +74,10 @@ def score_conversations(demo_server: RunningServer) -> Scorer:
 @pytest.fixture(scope="module")
 def sets() -> dict[str, Any]:
     return {
-        "correctness": data.correctness_pairs(N_PAIRS),
-        "coherence": data.coherence_pairs(N_PAIRS),
+        "correctness": data.correctness_pairs(N_CORRECTNESS),
+        "coherence": data.coherence_pairs(N_COHERENCE),
         "verbosity": data.verbosity_series(N_SERIES),
-        "complexity": data.complexity_pairs(N_PAIRS // 2),
+        "complexity": data.complexity_pairs(N_COMPLEXITY),
     }
 
 
@@ -83,8 +87,11 @@ def _pair_scores(score: Scorer, pairs: list[tuple[data.Example, data.Example]]) 
 
 
 def _wins(scored: list[tuple[dict, dict]], attr: str) -> float:
-    rate = sum(a[attr] > b[attr] for a, b in scored) / len(scored)
-    print(f"{attr}: first beats second in {rate:.3f} of {len(scored)} held-out pairs")  # shown with -s
+    wins = sum(a[attr] > b[attr] for a, b in scored)
+    low, high = wilson_interval(wins, len(scored))
+    rate = wins / len(scored)
+    # shown with -s
+    print(f"{attr}: first beats second in {rate:.3f} of {len(scored)} held-out pairs (95% {low:.3f}..{high:.3f})")
     return rate
 
 
@@ -104,7 +111,7 @@ def test_right_answers_beat_wrong_ones(score_conversations: Scorer, sets: dict[s
     pairs = sets["correctness"]
     scored = _pair_scores(score_conversations, pairs)
     rates = {}
-    for task in data.TASKS:  # every task on its own: 100 pairs each
+    for task in data.TASKS:  # every task on its own: 1000 pairs each
         print(f"{task}:", end=" ")
         rates[task] = _wins(
             [s for s, (right, _) in zip(scored, pairs, strict=True) if right.meta["task"] == task], "correctness"
@@ -113,9 +120,9 @@ def test_right_answers_beat_wrong_ones(score_conversations: Scorer, sets: dict[s
     near = [s for s, (_, wrong) in zip(scored, pairs, strict=True) if wrong.meta["miss"] in ("near", "ten", "swap")]
     rates["near misses"] = _wins(near, "correctness")
     rates["reward"] = _wins(scored, "reward")
-    # issue 15 asks for 0.9 on every operation; this model reaches 0.96 (add) but 0.88 (sub) on these sets
-    # (demo/README.md). Served scores are deterministic, so the floors sit just under what it measures.
-    floors = {"add": 0.93, "sub": 0.85, "mul": 0.95, "capital": 0.95, "near misses": 0.9, "reward": 0.92}
+    # issue 15 asks for 0.9 on every operation. This model measures add 0.941, sub 0.922, mul 0.969, capital 0.943,
+    # near misses 0.937, reward 0.932 (demo/README.md); the floors sit about 2 points under, sub at the bar itself.
+    floors = {"add": 0.92, "sub": 0.9, "mul": 0.95, "capital": 0.92, "near misses": 0.92, "reward": 0.91}
     assert all(rates[k] >= floors[k] for k in floors), rates
     # attribute order: only the value changed, so correctness moves and coherence does not
     assert _mean_gap(scored, "correctness") > 2.0
@@ -240,9 +247,12 @@ def test_verbosity_tracks_answer_length(score_conversations: Scorer, sets: dict[
 
 def test_step_by_step_answers_are_more_complex(score_conversations: Scorer, sets: dict[str, Any]) -> None:
     scored = _pair_scores(score_conversations, sets["complexity"])
-    assert _wins(scored, "complexity") >= 0.88  # measured 0.905
-    # attribute order: the style changed, so complexity moves up (targets 3 vs 1, this model: 0.87 on average);
-    # correctness should not move, but this model scores right step-by-step answers about 0.6 lower than
+    assert _wins(scored, "complexity") >= 0.9  # measured 0.920
+    # attribute order: the style changed, so complexity moves up (targets 3 vs 1, this model: 0.89 on average);
+    # correctness should not move, but this model scores right step-by-step answers about 0.55 lower than
     # one-sentence ones (demo/README.md)
+    print(
+        f"complexity gap {_mean_gap(scored, 'complexity'):.3f}, correctness gap {_mean_gap(scored, 'correctness'):.3f}"
+    )
     assert _mean_gap(scored, "complexity") > 0.75
     assert _mean_gap(scored, "correctness") > -1.0
