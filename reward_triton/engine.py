@@ -15,6 +15,14 @@ In bfloat16/float16 the GEMMs and attention run in that dtype (fp32 accumulation
 norms accumulate in fp32 and the final norm and lm_head run in fp32, as TensorRT-LLM computes a bf16 engine with
 `logits_dtype` float32. The layer loop issues no host synchronisation (sequence lengths stay on the host), so on
 a GPU the whole forward is queued without waits.
+
+Prefix cache (`prefix_cache_bytes` > 0; blocks, names and eviction in reward_triton/prefix_cache.py): a sequence
+whose leading blocks are stored runs only its remaining tokens (rotary positions continue after the prefix) and
+attends to the stored keys/values of the prefix followed by its own (causal, aligned to the last row). The keys and
+values of its new full blocks are kept by the forward and stored. Within one batch, rows that would compute the
+same block run after the row that stores it (`PrefixCache.next_wave`). Batch-invariant mode with the cache runs
+every sequence block by block, so each block is computed by the same operations whatever is stored already, and a
+sequence's scores are bit-identical with a cold or a warm cache and in any batch.
 """
 
 from __future__ import annotations
@@ -22,13 +30,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
 
+from reward_triton.prefix_cache import DEFAULT_BLOCK_TOKENS, Counters, PrefixCache, stats
 from reward_triton.trtllm_checkpoint import EngineConfig, RankFiles, checkpoint_dtype, parse_dtype
 from reward_triton.weights import EMBEDDING, FC1, FC2, HEAD_W, LN1_B, LN1_W, LN2_B, LN2_W, LNF_B, LNF_W, PROJ, QKV
 
@@ -128,6 +139,10 @@ class TorchEngine:
     batched with (packed GEMMs of different sizes differ in the last float bits); it trades throughput for
     bit-reproducible reruns (e.g. an annotation job resumed at another concurrency).
 
+    `prefix_cache_bytes` > 0 keeps up to that many bytes of key/value blocks of `prefix_block_tokens` tokens for
+    later sequences that start with the same tokens (0: no cache). `stats()`: sequences and tokens sent, read from
+    the cache and computed, and the cache's blocks, bytes and evictions.
+
     `weights` are whole (unsharded) tensors (`Weights.from_rank_files`, or built directly as the benchmark does).
     """
 
@@ -138,6 +153,8 @@ class TorchEngine:
         device: str | torch.device,
         dtype: torch.dtype,
         batch_invariant: bool = False,
+        prefix_cache_bytes: int = 0,
+        prefix_block_tokens: int = DEFAULT_BLOCK_TOKENS,
     ):
         self.cfg, self.device, self.dtype, self.batch_invariant = cfg, torch.device(device), dtype, batch_invariant
         if len(weights.layers) != cfg.num_layers:
@@ -154,6 +171,9 @@ class TorchEngine:
         # GQA: the CPU flash kernel takes fewer KV heads as is (enable_gqa); on GPUs K/V are expanded to MHA shape
         # once per layer, which every fused kernel (flash, cuDNN, memory-efficient) accepts.
         self.expand_kv = self.device.type != "cpu"
+        self.cache = PrefixCache(prefix_cache_bytes, prefix_block_tokens) if prefix_cache_bytes > 0 else None
+        self.counters = Counters()
+        self._counters_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(
@@ -162,15 +182,22 @@ class TorchEngine:
         device: str = "cpu",
         dtype: torch.dtype | str = torch.float32,
         batch_invariant: bool = False,
+        prefix_cache_bytes: int = 0,
+        prefix_block_tokens: int = DEFAULT_BLOCK_TOKENS,
     ) -> TorchEngine:
         """`dtype` "auto" computes in the checkpoint's own dtype (config.json `dtype`)."""
         cfg = EngineConfig.load(directory)
         dt = parse_dtype(checkpoint_dtype(directory) if dtype == "auto" else dtype)
-        return cls(cfg, Weights.from_rank_files(RankFiles(directory, cfg)), device, dt, batch_invariant)
+        weights = Weights.from_rank_files(RankFiles(directory, cfg))
+        return cls(cfg, weights, device, dt, batch_invariant, prefix_cache_bytes, prefix_block_tokens)
 
     @property
     def output_size(self) -> int:
         return self.w.lm_head.shape[0]
+
+    def stats(self) -> dict[str, int]:
+        with self._counters_lock:
+            return stats(self.counters, self.cache)
 
     # -- building blocks -----------------------------------------------------------------------------
     def _norm(self, x: torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -186,16 +213,19 @@ class TorchEngine:
             return torch.mul(x, scale, out=torch.empty_like(x)).mul_(w)
         return F.layer_norm(x, (x.shape[-1],), w, norm.bias, self.cfg.norm_eps)
 
-    def _rotary_tables(self, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [N, 1, rotary_dim / 2] (float32) at every packed token's position within its sequence."""
-        longest = max(lengths)
+    def _rotary_tables(self, starts: Sequence[int], lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [N, 1, rotary_dim / 2] (float32) at every packed token's position within its sequence (a
+        sequence's tokens start at position `starts[i]`: after its cached prefix)."""
+        longest = max(s + n for s, n in zip(starts, lengths, strict=True))
         if self._cos.shape[0] < longest:
             pos = torch.arange(max(longest, 2 * self._cos.shape[0]), dtype=torch.float32, device=self.device)
             freqs = pos[:, None] * self.inv_freq[None, :]
             self._cos, self._sin = freqs.cos(), freqs.sin()
         if len(lengths) == 1:
-            return self._cos[:longest, None, :], self._sin[:longest, None, :]
-        pos = torch.cat([torch.arange(n) for n in lengths]).to(self.device, non_blocking=True)
+            s, e = starts[0], starts[0] + lengths[0]
+            return self._cos[s:e, None, :], self._sin[s:e, None, :]
+        pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+        pos = pos.to(self.device, non_blocking=True)
         return self._cos[pos][:, None, :], self._sin[pos][:, None, :]
 
     def _rope_(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
@@ -236,8 +266,11 @@ class TorchEngine:
         chunks: Sequence[tuple[int, int]],
         cos: torch.Tensor,
         sin: torch.Tensor,
+        past: Sequence[torch.Tensor | None],
+        keep: Sequence[torch.Tensor | None],
     ) -> None:
-        """x += attention(input_layernorm(x)), in place."""
+        """x += attention(input_layernorm(x)), in place. Sequence i attends to `past[i]` (this layer's cached
+        [prefix, 2 * kv heads, hd] K/V) before its own tokens; `keep[i]` receives its first tokens' K/V."""
         c = self.cfg
         n, nh, nkv = x.shape[0], c.num_heads, c.num_kv_heads
         w_qkv = layer.qkv
@@ -247,32 +280,43 @@ class TorchEngine:
             self._rope_(qkv[start:end, : nh + nkv], cos[start:end], sin[start:end])
         q = qkv[:, :nh]
         gqa = nkv != nh and not self.expand_kv
-        if nkv == nh or gqa:
-            k, v = qkv[:, nh : nh + nkv], qkv[:, nh + nkv :]
+        if nkv == nh or gqa or any(p is not None for p in past):
+            kv = qkv[:, nh:]  # [n, 2 * nkv, hd]: K heads then V heads, as the cache stores them
         else:  # expand the KV heads once per layer: every fused GPU kernel takes MHA-shaped K/V
             kv = qkv[:, nh:].repeat_interleave(nh // nkv, dim=1)
-            k, v = kv[:, :nh], kv[:, nh:]
-        if len(lengths) == 1:
-            out = self._sdpa(q, k, v, gqa)
-        else:
-            out = torch.empty(n, nh, c.head_dim, dtype=x.dtype, device=x.device)
-            start = 0
-            for length in lengths:  # attention is the only per-sequence step (host ints: no device sync)
-                end = start + length
-                out[start:end] = self._sdpa(q[start:end], k[start:end], v[start:end], gqa)
-                start = end
-        out = out.view(n, nh * c.head_dim)
+        outs, start = [], 0
+        for length, past_kv, kept in zip(lengths, past, keep, strict=True):  # the only per-sequence step
+            end = start + length
+            if kept is not None:
+                kept.copy_(kv[start : start + kept.shape[0]])
+            own = kv[start:end] if past_kv is None else torch.cat([past_kv, kv[start:end]])
+            outs.append(self._sdpa(q[start:end], own, gqa))
+            start = end
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(n, nh * c.head_dim)
         w_dense = layer.dense.t()
         for start, end in chunks:
             x[start:end].addmm_(out[start:end], w_dense)
 
-    @staticmethod
-    def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool) -> torch.Tensor:
-        """Causal attention of one sequence; q [L, heads, hd], k/v [L, kv heads, hd] → [L, heads, hd].
+    def _sdpa(self, q: torch.Tensor, kv: torch.Tensor, gqa: bool) -> torch.Tensor:
+        """Causal attention of one sequence's L newest tokens; q [L, heads, hd], kv [S ≥ L, 2 * kv heads, hd] (K
+        heads then V heads; the first S - L are its cached prefix) → [L, heads, hd]. Query row j sees keys up to
+        S - L + j (causal, aligned to the last row).
 
         4-D inputs: with 3-D ones SDPA silently takes the math kernel (all fused kernels need [B, H, L, D])."""
+        heads, kv_heads = q.shape[1], kv.shape[1] // 2
+        if kv_heads != heads and not gqa:  # GPU: expand the KV heads (every fused kernel takes MHA-shaped K/V)
+            kv = kv.repeat_interleave(heads // kv_heads, dim=1)
+            kv_heads = heads
+        k, v = kv[:, :kv_heads], kv[:, kv_heads:]
+        length, total = q.shape[0], kv.shape[0]
+        mask = None if length == total else causal_lower_right(length, total)
         o = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=True, enable_gqa=gqa
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            attn_mask=mask,
+            is_causal=mask is None,
+            enable_gqa=gqa,
         )
         return o[0].transpose(0, 1)
 
@@ -282,26 +326,100 @@ class TorchEngine:
         """Last-token lm_head output [B, output_size] (float32) for token-id sequences of any lengths."""
         if not seqs or any(len(s) == 0 for s in seqs):
             raise ValueError("every sequence needs at least one token")
-        if self.batch_invariant and len(seqs) > 1:
-            return torch.cat([self._forward([s]) for s in seqs])
-        return self._forward(seqs)
-
-    def _forward(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        lengths = [len(s) for s in seqs]
-        ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
-        if int(ids.max()) >= self.cfg.vocab_size or int(ids.min()) < 0:  # checked on the host
+        if min(min(s) for s in seqs) < 0 or max(max(s) for s in seqs) >= self.cfg.vocab_size:  # on the host
             raise ValueError(f"token id out of range [0, {self.cfg.vocab_size})")
-        ids = ids.to(self.device, non_blocking=True)
-        cos, sin = self._rotary_tables(lengths)
+        if self.cache is not None:
+            return self._cached(seqs)
+        self._count([(len(s), 0) for s in seqs])
+        if self.batch_invariant and len(seqs) > 1:
+            return torch.cat([self._forward([s])[0] for s in seqs])
+        return self._forward(seqs)[0]
+
+    def _count(self, sent_cached: Sequence[tuple[int, int]]) -> None:
+        with self._counters_lock:
+            for sent, cached in sent_cached:
+                self.counters.add(sent, cached)
+
+    def _cached(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`logits` with the prefix cache: each sequence reads its stored leading blocks, computes the rest and
+        stores its new full blocks. Batch-invariant: one sequence at a time, block by block (`_blockwise`)."""
+        assert self.cache is not None
+        cache, bt = self.cache, self.cache.block_tokens
+        names = [cache.hashes(s) for s in seqs]
+        lengths = [len(s) for s in seqs]
+        rows: list[torch.Tensor | None] = [None] * len(seqs)
+        pending = list(range(len(seqs)))
+        if self.batch_invariant:  # longest first: a conversation's last turn stores its earlier turns
+            pending.sort(key=lambda i: -lengths[i])
+        while pending:
+            if self.batch_invariant:
+                wave, pending = pending[:1], pending[1:]
+            else:
+                wave, pending = cache.next_wave(pending, names, lengths)
+            stored = [cache.lookup(names[i]) for i in wave]
+            self._count([(lengths[i], len(blocks) * bt) for i, blocks in zip(wave, stored, strict=True)])
+            if self.batch_invariant:
+                rows[wave[0]] = self._blockwise(seqs[wave[0]], names[wave[0]], stored[0])
+                continue
+            past = [torch.cat(blocks, dim=1) if blocks else None for blocks in stored]
+            new = [seqs[i][len(blocks) * bt :] for i, blocks in zip(wave, stored, strict=True)]
+            keep = [(len(names[i]) - len(blocks)) * bt for i, blocks in zip(wave, stored, strict=True)]
+            logits, kept = self._forward(new, past, keep)
+            for j, i in enumerate(wave):
+                rows[i] = logits[j]
+                if kept[j] is not None:
+                    blocks = kept[j].split(bt, dim=1)
+                    cache.store(names[i], [b.clone() for b in blocks] if len(blocks) > 1 else blocks, len(stored[j]))
+        return torch.stack([r for r in rows if r is not None])
+
+    def _blockwise(self, seq: Sequence[int], names: Sequence[bytes], stored: list[torch.Tensor]) -> torch.Tensor:
+        """One sequence, one block per forward after its stored blocks (then the remaining 1..block tokens): every
+        block is computed from the same inputs by the same operations whether or not it was stored before."""
+        assert self.cache is not None
+        bt, blocks = self.cache.block_tokens, list(stored)
+        while True:
+            start = len(blocks) * bt
+            full = len(blocks) < len(names)  # a block to store, else the last tokens
+            past = torch.cat(blocks, dim=1) if blocks else None
+            logits, kept = self._forward([seq[start : start + bt if full else len(seq)]], [past], [bt if full else 0])
+            if not full:
+                return logits[0]
+            blocks.append(kept[0])
+            self.cache.store(names, [kept[0]], len(blocks) - 1)
+
+    def _forward(
+        self,
+        seqs: Sequence[Sequence[int]],
+        past: Sequence[torch.Tensor | None] | None = None,
+        keep: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Last-token logits [B, output_size] of packed sequences; with a prefix cache, `seqs[i]` are the tokens
+        after a prefix whose every layer's K/V is `past[i]` [layers, prefix, 2 * kv heads, hd]. Also returns, for
+        `keep[i]` > 0, the K/V of sequence i's first keep[i] tokens, [layers, keep[i], 2 * kv heads, hd]."""
+        c = self.cfg
+        past = past or [None] * len(seqs)
+        keep = keep or [0] * len(seqs)
+        lengths = [len(s) for s in seqs]
+        starts = [0 if p is None else p.shape[1] for p in past]
+        ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long).to(self.device, non_blocking=True)
+        cos, sin = self._rotary_tables(starts, lengths)
         last = (torch.tensor(list(itertools.accumulate(lengths))) - 1).to(self.device, non_blocking=True)
+        kept = [
+            torch.empty(c.num_layers, k, 2 * c.num_kv_heads, c.head_dim, dtype=self.dtype, device=self.device)
+            if k
+            else None
+            for k in keep
+        ]
 
         x = self.w.embedding[ids]
         n = x.shape[0]
         step = self.chunk_tokens or n
         chunks = [(s, min(s + step, n)) for s in range(0, n, step)]
         with sdpa_kernel(FUSED_ATTENTION[self.device.type == "cpu"]):  # a fused kernel or an error, never math
-            for layer in self.w.layers:
-                self._attention_(x, layer, lengths, chunks, cos, sin)
+            for i, layer in enumerate(self.w.layers):
+                layer_past = [None if p is None else p[i] for p in past]
+                layer_keep = [None if k is None else k[i] for k in kept]
+                self._attention_(x, layer, lengths, chunks, cos, sin, layer_past, layer_keep)
                 self._mlp_(x, layer, chunks)
         h = self._norm(x[last].float(), self.w.ln_f)
-        return F.linear(h, self.w.lm_head)
+        return F.linear(h, self.w.lm_head), kept
