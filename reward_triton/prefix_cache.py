@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -97,9 +97,10 @@ class PrefixCache:
             self._touch(names[:n])
             return [self._blocks[name] for name in names[:n]]
 
-    def store(self, names: Sequence[bytes], blocks: Iterable[torch.Tensor], first: int) -> None:
-        """Store `blocks` as names[first:], (their parents names[:first] were read from here). A block already
-        stored (the same prefix computed meanwhile by another forward) is kept as it is."""
+    def store(self, names: Sequence[bytes], blocks: Sequence[torch.Tensor], first: int) -> None:
+        """Store `blocks` as names[first:first + len(blocks)] (their parents names[:first] were read from here). A
+        block already stored (the same prefix computed meanwhile by another forward) is kept as it is."""
+        names = names[: first + len(blocks)]
         with self._lock:
             for name, block in zip(names[first:], blocks, strict=True):
                 if name in self._blocks:
