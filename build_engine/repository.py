@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reward_triton.metadata import MetadataError, RewardMetadata
+from reward_triton.prefix_cache import DEFAULT_BUDGET_BYTES
 from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
@@ -54,6 +55,9 @@ class RenderOptions:
     torch_threads: int | None = None
     # One forward per sequence: scores independent of batching (bit-reproducible reruns), at a throughput cost.
     torch_batch_invariant: bool = False
+    # Bytes of key/value blocks the PyTorch engine keeps for requests sharing a prefix (later turns of a
+    # conversation, candidates of one prompt); 0 turns the prefix cache off.
+    torch_prefix_cache_bytes: int = DEFAULT_BUDGET_BYTES
     kv_cache_free_gpu_mem_fraction: float = 0.9
 
     def __post_init__(self) -> None:
@@ -66,6 +70,8 @@ class RenderOptions:
                 "reward_model_max_rows and reward_model_instances must be positive, got "
                 f"{self.reward_model_max_rows} and {self.reward_model_instances}"
             )
+        if self.torch_prefix_cache_bytes < 0:
+            raise RepositoryError(f"torch_prefix_cache_bytes must be >= 0, got {self.torch_prefix_cache_bytes}")
         if self.torch_dtype not in TORCH_DTYPES:
             raise RepositoryError(f"torch_dtype must be one of {', '.join(TORCH_DTYPES)}, got {self.torch_dtype!r}")
 
@@ -145,6 +151,7 @@ def variables(meta: RewardMetadata, model_dir: Path, engine_dir: Path, options: 
         "torch_device": options.torch_device,
         "torch_threads": str(1 if options.torch_threads is None else options.torch_threads),
         "torch_batch_invariant": "true" if options.torch_batch_invariant else "false",
+        "torch_prefix_cache_bytes": str(options.torch_prefix_cache_bytes),
         "kv_cache_free_gpu_mem_fraction": str(options.kv_cache_free_gpu_mem_fraction),
         "num_attributes": str(meta.num_attributes),
         "attribute_names": js(list(meta.attribute_names)),
@@ -274,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="PyTorch engine: one forward per sequence, so scores never depend on batching (slower)",
     )
+    p.add_argument(
+        "--prefix-cache-bytes",
+        type=int,
+        default=RenderOptions.torch_prefix_cache_bytes,
+        help="PyTorch engine: bytes of key/value blocks kept for requests sharing a prefix (0: off)",
+    )
     a = p.parse_args(argv)
     try:
         options = RenderOptions(
@@ -287,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch_dtype=a.torch_dtype,
             torch_threads=None if a.torch_threads == "auto" else int(a.torch_threads),
             torch_batch_invariant=a.batch_invariant,
+            torch_prefix_cache_bytes=a.prefix_cache_bytes,
         )
         if options.backend == "torch":
             options = resolve_torch_options(a.checkpoint, options, log=print)

@@ -143,6 +143,7 @@ class EngineStage:
         device: str = "cpu",
         num_threads: int = 0,
         batch_invariant: bool = False,
+        prefix_cache_bytes: int = 0,
     ) -> EngineStage:
         import torch
 
@@ -152,7 +153,11 @@ class EngineStage:
             torch.set_num_threads(num_threads)
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         engine = TorchEngine.from_checkpoint(
-            Path(directory), device=device, dtype=torch_dtype, batch_invariant=batch_invariant
+            Path(directory),
+            device=device,
+            dtype=torch_dtype,
+            batch_invariant=batch_invariant,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
         meta = RewardMetadata.load(directory)
         return cls(engine, meta.max_input_len, engine.cfg.vocab_size)

@@ -18,6 +18,7 @@ class TritonPythonModel:
             device=params.get("device") or "cpu",
             num_threads=int(params.get("num_threads") or 0),
             batch_invariant=(params.get("batch_invariant") or "false").lower() in ("1", "true", "yes"),
+            prefix_cache_bytes=int(params.get("prefix_cache_bytes") or 0),
         )
 
     def execute(self, requests):
