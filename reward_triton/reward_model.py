@@ -15,6 +15,11 @@ request, so the Triton model (model_repository/reward_model/1/model.py, through 
 validates every row here (`rows`: any bad row rejects the whole request, nothing is scored), sends each row to the
 engine as its own request, concurrently, turns each answer's logits into scores with the postprocessing stage's
 head code (`head.scores_of`) and assembles the outputs (`finish`).
+
+Rows that share a prompt (GRPO and rejection-sampling groups) are sent in two waves (`first_wave`): one row of each
+group first, the others once it has finished, so that the engine's prefix cache (TensorRT-LLM block reuse, the
+PyTorch engine's reward_triton/prefix_cache.py) holds the shared prompt when they arrive: TensorRT-LLM reuses a
+block only after a finished request stored it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from reward_triton.errors import RequestError
+from reward_triton.prefix_cache import DEFAULT_BLOCK_TOKENS, block_hashes
 from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
 from reward_triton.stages import Failure, Inputs, Outputs, PostprocessStage, error_response, guarded, read_inputs
 
@@ -157,6 +163,27 @@ class RewardModelStage:
         }
 
 
+def first_wave(sequences: Sequence[Sequence[int]], block_tokens: int = DEFAULT_BLOCK_TOKENS) -> list[bool]:
+    """Which rows to send first: rows are grouped by the deepest leading block they share with another row (their
+    common prompt, `block_tokens` per block), and the longest row of each group goes first; rows sharing no block
+    with any other go first too."""
+    chains = [block_hashes(seq, block_tokens) for seq in sequences]
+    seen: dict[bytes, int] = {}
+    for chain in chains:
+        for name in chain:
+            seen[name] = seen.get(name, 0) + 1
+    leaders: dict[bytes, int] = {}
+    first = [True] * len(sequences)
+    for i in sorted(range(len(sequences)), key=lambda i: -len(sequences[i])):
+        shared = [name for name in chains[i] if seen[name] > 1]  # shared blocks are a leading run of the chain
+        if shared:
+            if shared[-1] in leaders:
+                first[i] = False
+            else:
+                leaders[shared[-1]] = i
+    return first
+
+
 # ---- Triton side (BLS fan-out): one request of B rows → B concurrent engine requests ---------------------------
 MAX_ROWS_IN_FLIGHT = 256  # per execute(): bounds the engine responses (full-vocab logits) held in shared memory
 
@@ -175,9 +202,10 @@ def _engine_failure(pb: Any, response: Any, row: int) -> Failure | None:
 
 async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[Any]) -> list[Any]:
     """`reward_model`: validate each request's rows (`stage.rows`), send the rows of every request to the engine
-    concurrently (`async_exec`, at most MAX_ROWS_IN_FLIGHT at a time), reduce each answer to its scores as it
-    arrives, and build each request's outputs (`stage.finish`). A request with a bad row is rejected whole; an engine
-    failure fails only the request whose row it was."""
+    concurrently (`async_exec`, at most MAX_ROWS_IN_FLIGHT at a time; rows sharing a prompt after the first row of
+    their group, `first_wave`), reduce each answer to its scores as it arrives, and build each request's outputs
+    (`stage.finish`). A request with a bad row is rejected whole; an engine failure fails only the request whose
+    row it was."""
     slots = asyncio.Semaphore(MAX_ROWS_IN_FLIGHT)
 
     async def score(rows: Rows, i: int) -> Any:
@@ -195,7 +223,12 @@ async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[An
     async def one(rows: Rows | Failure) -> Any:
         if isinstance(rows, Failure):
             return error_response(pb, rows)
-        answers = await asyncio.gather(*(score(rows, i) for i in range(len(rows.sequences))), return_exceptions=True)
+        lead = first_wave(rows.sequences)
+        answers: list[Any] = [None] * len(lead)
+        for wave in ([i for i, x in enumerate(lead) if x], [i for i, x in enumerate(lead) if not x]):
+            done = await asyncio.gather(*(score(rows, i) for i in wave), return_exceptions=True)
+            for i, answer in zip(wave, done, strict=True):
+                answers[i] = answer
         for answer in answers:
             if isinstance(answer, BaseException):
                 return error_response(pb, Failure.of(answer))
