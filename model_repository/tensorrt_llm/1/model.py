@@ -7,6 +7,7 @@ C++ backend serves this model and this file is not loaded. One batched forward p
 import triton_python_backend_utils as pb_utils
 
 from reward_triton import stages
+from reward_triton.cache_metrics import EngineMetrics
 
 
 class TritonPythonModel:
@@ -20,6 +21,14 @@ class TritonPythonModel:
             batch_invariant=(params.get("batch_invariant") or "false").lower() in ("1", "true", "yes"),
             prefix_cache_bytes=int(params.get("prefix_cache_bytes") or 0),
         )
+        try:  # the engine's statistics as Triton metrics (absent when the server runs without metrics)
+            self.metrics = EngineMetrics(pb_utils, self.stage.engine)
+        except Exception as e:
+            stages.log.warning("engine statistics are not exported as metrics: %s", e)
+            self.metrics = None
 
     def execute(self, requests):
-        return stages.execute(pb_utils, self.stage, requests)
+        responses = stages.execute(pb_utils, self.stage, requests)
+        if self.metrics is not None:
+            self.metrics.update()
+        return responses
