@@ -33,9 +33,11 @@ class EngineMetrics:
         self.engine = engine
         labels = {"model": model}
         self.metrics: dict[str, Any] = {}
+        self.families: list[Any] = []  # kept alive: Triton drops a family's metrics when the family is deleted
         for names, kind in ((COUNTERS, pb.MetricFamily.COUNTER), (GAUGES, pb.MetricFamily.GAUGE)):
             for name, description in names.items():
                 family = pb.MetricFamily(name=PREFIX + name, description=description, kind=kind)
+                self.families.append(family)
                 self.metrics[name] = family.Metric(labels=labels)
         self.last: dict[str, int] = {}
         self.update()
