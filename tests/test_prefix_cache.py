@@ -12,6 +12,7 @@ import asyncio
 import random
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -316,3 +317,20 @@ def test_fanout_sends_the_rest_of_a_group_after_its_first_row_finished() -> None
     leader_end = pb.log.index(("end", len(rows[1])))
     for n in lengths[:1] + lengths[2:]:
         assert pb.log.index(("start", len(prompt) + n)) > leader_end
+
+
+def test_benchmark_runs_the_same_work_off_and_on(tmp_path: Path) -> None:
+    """bench_prefix on a tiny checkpoint (figures come from the real run, not here): same tokens sent both ways,
+    fewer computed with the cache, the same logits."""
+    from triton_server import fixture_checkpoint
+
+    from reward_triton.bench_prefix import bench
+
+    result = bench(fixture_checkpoint(tmp_path, "llama"), "float32", repeats=1, max_batch=64, budget=1 << 28, block=32)
+    tokens = result["tokens"]
+    assert isinstance(tokens, dict)
+    for name, by_mode in tokens.items():
+        assert by_mode["on"]["tokens_sent"] == by_mode["off"]["tokens_sent"] == by_mode["off"]["tokens_computed"]
+        if name in ("turn_prefixes", "best_of_8", "grpo_16x8"):
+            assert by_mode["on"]["tokens_computed"] < by_mode["on"]["tokens_sent"] / 2, name
+    assert result["max_abs_logit_diff_on_vs_off"] <= 1e-5
