@@ -280,10 +280,10 @@ class TorchEngine:
             self._rope_(qkv[start:end, : nh + nkv], cos[start:end], sin[start:end])
         q = qkv[:, :nh]
         gqa = nkv != nh and not self.expand_kv
-        if nkv == nh or gqa or any(p is not None for p in past):
-            kv = qkv[:, nh:]  # [n, 2 * nkv, hd]: K heads then V heads, as the cache stores them
-        else:  # expand the KV heads once per layer: every fused GPU kernel takes MHA-shaped K/V
-            kv = qkv[:, nh:].repeat_interleave(nh // nkv, dim=1)
+        kv = qkv[:, nh:]  # [n, 2 * nkv, hd]: K heads then V heads, as the cache stores them
+        if nkv != nh and not gqa and all(p is None for p in past) and all(k is None for k in keep):
+            # no cache in this forward: expand the KV heads once per layer (else per sequence, in _sdpa)
+            kv = kv.repeat_interleave(nh // nkv, dim=1)
         outs, start = [], 0
         for length, past_kv, kept in zip(lengths, past, keep, strict=True):  # the only per-sequence step
             end = start + length

@@ -28,20 +28,23 @@ BLOCK = 16
 VOCAB = 512
 
 
-@pytest.fixture(scope="module", params=["tiny-nemotron", "tiny-llama"])
-def preset(request: pytest.FixtureRequest) -> tuple[Any, Any]:
-    shape = PRESETS[request.param]
-    return shape, random_weights(shape, seed=3)
+@pytest.fixture(scope="module", params=["tiny-nemotron", "tiny-llama", "tiny-nemotron-expanded-kv"])
+def preset(request: pytest.FixtureRequest) -> tuple[Any, Any, bool]:
+    """(shape, weights, expand_kv): the last runs the GPU's attention path on the CPU (GQA K/V heads expanded)."""
+    shape = PRESETS[request.param.removesuffix("-expanded-kv")]
+    return shape, random_weights(shape, seed=3), request.param.endswith("-expanded-kv")
 
 
-def engine(preset: tuple[Any, Any], budget: int = 1 << 26, **kw: Any) -> TorchEngine:
-    shape, weights = preset
-    return TorchEngine(shape.engine_config(), weights, "cpu", torch.float32, prefix_cache_bytes=budget, **kw)
+def engine(preset: tuple[Any, Any, bool], budget: int = 1 << 26, **kw: Any) -> TorchEngine:
+    shape, weights, expand_kv = preset
+    e = TorchEngine(shape.engine_config(), weights, "cpu", torch.float32, prefix_cache_bytes=budget, **kw)
+    e.expand_kv = expand_kv
+    return e
 
 
-def cold(preset: tuple[Any, Any], seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-    """The oracle: cache off, one sequence per forward."""
-    e = engine(preset, budget=0)
+def cold(preset: tuple[Any, Any, bool], seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The oracle: cache off, one sequence per forward (GQA heads not expanded)."""
+    e = engine((preset[0], preset[1], False), budget=0)
     return torch.cat([e.logits([s]) for s in seqs])
 
 
@@ -49,12 +52,12 @@ def tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(VOCAB) for _ in range(n)]
 
 
-def block_bytes(preset: tuple[Any, Any]) -> int:
+def block_bytes(preset: tuple[Any, Any, bool]) -> int:
     cfg = preset[0].engine_config()
     return cfg.num_layers * BLOCK * 2 * cfg.num_kv_heads * cfg.head_dim * 4
 
 
-def test_turn_prefixes_warm_equal_cold(preset: tuple[Any, Any]) -> None:
+def test_turn_prefixes_warm_equal_cold(preset: tuple[Any, Any, bool]) -> None:
     """A conversation scored turn by turn (annotate): each prefix reads the blocks the previous one stored."""
     rng = random.Random(1)
     turns = [tokens(rng, n) for n in (40, 23, 57, 9, 70, 31, 44, 5)]
@@ -77,7 +80,7 @@ def test_turn_prefixes_warm_equal_cold(preset: tuple[Any, Any]) -> None:
     )
 
 
-def test_best_of_n_one_by_one_and_in_one_batch(preset: tuple[Any, Any]) -> None:
+def test_best_of_n_one_by_one_and_in_one_batch(preset: tuple[Any, Any, bool]) -> None:
     rng = random.Random(2)
     prompt = tokens(rng, 150)
     candidates = [prompt + tokens(rng, rng.randrange(1, 40)) for _ in range(8)]
@@ -92,7 +95,7 @@ def test_best_of_n_one_by_one_and_in_one_batch(preset: tuple[Any, Any]) -> None:
         assert e.stats()["hit_sequences"] == 7
 
 
-def test_rollout_batch_sharing_prompts_in_one_batch(preset: tuple[Any, Any]) -> None:
+def test_rollout_batch_sharing_prompts_in_one_batch(preset: tuple[Any, Any, bool]) -> None:
     """A GRPO-shaped batch (4 prompts × 4 responses, shuffled, prompts sharing a system prompt) in one call."""
     rng = random.Random(3)
     system = tokens(rng, 2 * BLOCK + 3)
@@ -114,7 +117,7 @@ def test_rollout_batch_sharing_prompts_in_one_batch(preset: tuple[Any, Any]) -> 
     torch.testing.assert_close(e.logits(rows), cold(preset, rows), atol=1e-5, rtol=0)  # warm batch
 
 
-def test_identical_sequences_in_one_batch(preset: tuple[Any, Any]) -> None:
+def test_identical_sequences_in_one_batch(preset: tuple[Any, Any, bool]) -> None:
     rng = random.Random(4)
     seq = tokens(rng, 5 * BLOCK)
     e = engine(preset, prefix_block_tokens=BLOCK)
@@ -123,7 +126,7 @@ def test_identical_sequences_in_one_batch(preset: tuple[Any, Any]) -> None:
     assert e.stats()["tokens_computed"] == 5 * BLOCK + 2 * BLOCK + BLOCK  # the leader, then the last blocks
 
 
-def test_eviction_under_a_tiny_budget_is_lru_from_the_chain_tail(preset: tuple[Any, Any]) -> None:
+def test_eviction_under_a_tiny_budget_is_lru_from_the_chain_tail(preset: tuple[Any, Any, bool]) -> None:
     rng = random.Random(5)
     e = engine(preset, budget=3 * block_bytes(preset), prefix_block_tokens=BLOCK)
     a, b = tokens(rng, 2 * BLOCK + 1), tokens(rng, 2 * BLOCK + 1)  # two full blocks each
@@ -140,7 +143,7 @@ def test_eviction_under_a_tiny_budget_is_lru_from_the_chain_tail(preset: tuple[A
     assert none.stats()["blocks"] == 0 and none.stats()["tokens_cached"] == 0
 
 
-def test_memory_stays_within_budget_over_hundreds_of_long_requests(preset: tuple[Any, Any]) -> None:
+def test_memory_stays_within_budget_over_hundreds_of_long_requests(preset: tuple[Any, Any, bool]) -> None:
     """300 distinct requests of ~6 blocks into a 20-block budget: the bytes the stored tensors really hold (their
     storages, so a block kept as a view of a larger tensor would count whole) never exceed the budget."""
     rng = random.Random(6)
@@ -158,7 +161,7 @@ def test_memory_stays_within_budget_over_hundreds_of_long_requests(preset: tuple
     assert e.stats()["blocks_evicted"] > 0 and e.stats()["blocks_stored"] > 20 * 10
 
 
-def test_batch_invariant_mode_is_bit_identical_cold_warm_and_batched(preset: tuple[Any, Any]) -> None:
+def test_batch_invariant_mode_is_bit_identical_cold_warm_and_batched(preset: tuple[Any, Any, bool]) -> None:
     rng = random.Random(7)
     prompt = tokens(rng, 3 * BLOCK + 5)
     seqs = [prompt + tokens(rng, n) for n in (1, 12, 40)] + [prompt[:BLOCK], prompt[: 2 * BLOCK + 1], tokens(rng, 50)]
@@ -176,7 +179,7 @@ def test_batch_invariant_mode_is_bit_identical_cold_warm_and_batched(preset: tup
     torch.testing.assert_close(alone, cold(preset, seqs), atol=1e-5, rtol=0)
 
 
-def test_concurrent_requests_sharing_a_prefix(preset: tuple[Any, Any]) -> None:
+def test_concurrent_requests_sharing_a_prefix(preset: tuple[Any, Any, bool]) -> None:
     rng = random.Random(8)
     prompt = tokens(rng, 100)
     seqs = [prompt + tokens(rng, rng.randrange(1, 30)) for _ in range(12)]
@@ -201,7 +204,7 @@ def test_concurrent_requests_sharing_a_prefix(preset: tuple[Any, Any]) -> None:
     assert e.stats()["bytes_used"] <= 8 * block_bytes(preset) and e.stats()["tokens_cached"] > 0
 
 
-def test_cache_off_counts_every_token_computed(preset: tuple[Any, Any]) -> None:
+def test_cache_off_counts_every_token_computed(preset: tuple[Any, Any, bool]) -> None:
     e = engine(preset, budget=0)
     assert e.cache is None
     e.logits([[1, 2, 3], [4] * 40])
