@@ -101,17 +101,23 @@ class PrefixCache:
         """Store `blocks` as names[first:first + len(blocks)] (their parents names[:first] were read from here). A
         block already stored (the same prefix computed meanwhile by another forward) is kept as it is."""
         names = names[: first + len(blocks)]
+        chain = set(names)
         with self._lock:
             for name, block in zip(names[first:], blocks, strict=True):
                 if name in self._blocks:
                     continue
                 size = block.numel() * block.element_size()
-                if size > self.budget_bytes:
-                    break
-                while self.bytes_used + size > self.budget_bytes:
-                    _, old = self._blocks.popitem(last=False)
-                    self.bytes_used -= old.numel() * old.element_size()
+                # evict least recently used blocks, but never this chain's own: a block whose parent is gone could
+                # never be reached, so the chain stops here when the budget cannot hold it
+                while self.bytes_used + size > self.budget_bytes and self._blocks:
+                    oldest = next(iter(self._blocks))
+                    if oldest in chain:
+                        break
+                    evicted = self._blocks.pop(oldest)
+                    self.bytes_used -= evicted.numel() * evicted.element_size()
                     self.blocks_evicted += 1
+                if self.bytes_used + size > self.budget_bytes:
+                    break
                 self._blocks[name] = block
                 self.bytes_used += size
                 self.blocks_stored += 1

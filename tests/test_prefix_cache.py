@@ -137,6 +137,12 @@ def test_eviction_under_a_tiny_budget_is_lru_from_the_chain_tail(preset: tuple[A
     before = e.stats()["tokens_cached"]
     torch.testing.assert_close(e.logits([a]), cold(preset, [a]), atol=1e-5, rtol=0)
     assert e.stats()["tokens_cached"] - before == BLOCK  # a's first block survived, its second did not
+    # a chain longer than the budget keeps its first blocks (the reachable ones), not its last
+    long = tokens(rng, 5 * BLOCK + 1)
+    before = e.stats()["tokens_cached"]
+    e.logits([long])
+    torch.testing.assert_close(e.logits([long]), cold(preset, [long]), atol=1e-5, rtol=0)
+    assert e.stats()["tokens_cached"] - before == 3 * BLOCK and e.stats()["bytes_used"] == 3 * block_bytes(preset)
     # a budget below one block stores nothing and still scores right
     none = engine(preset, budget=block_bytes(preset) - 1, prefix_block_tokens=BLOCK)
     torch.testing.assert_close(none.logits([a, a]), cold(preset, [a, a]), atol=1e-5, rtol=0)
