@@ -1,5 +1,6 @@
 # reward-triton: `make demo` runs the whole job on the embedded demo model, `make test` passes the tests.
-PYTHON ?= python3.11
+# Python 3.11 or 3.12 (NVIDIA's Triton TRT-LLM containers from 25.01 ship 3.12): the first one found.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || echo python3.11)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -51,6 +52,13 @@ PP ?= 1
 NP ?= 1
 MPIRUN_ARGS ?= --allow-run-as-root --oversubscribe
 TRTLLM_BUILD_ARGS ?=
+# BACKEND=tensorrtllm: KV_CACHE_REUSE=0 renders enable_kv_cache_reuse "false"; ENGINE_DIR_IN_CONTAINER=/engines/x
+# writes the engine path as the serving container sees it; RENDER_ARGS passes more render options.
+KV_CACHE_REUSE ?= 1
+ENGINE_DIR_IN_CONTAINER ?=
+RENDER_ARGS ?=
+RENDER_FLAGS = $(if $(filter 0,$(KV_CACHE_REUSE)),--no-kv-cache-reuse) \
+	$(if $(ENGINE_DIR_IN_CONTAINER),--engine-dir-in-container $(ENGINE_DIR_IN_CONTAINER)) $(RENDER_ARGS)
 CONVERT_ARGS ?=
 DTYPE ?= bfloat16
 BACKEND ?= torch
@@ -82,10 +90,10 @@ ifeq ($(BACKEND),tensorrtllm)
 	$(PY) -m build_engine.trtllm_build --checkpoint $(CHECKPOINT) --output $(TRTLLM_ENGINE) --max-batch-size $(MAX_BATCH_SIZE) \
 		$(TRTLLM_BUILD_ARGS)
 	$(PY) -m build_engine.repository --checkpoint $(CHECKPOINT) --backend tensorrtllm --engine-dir $(TRTLLM_ENGINE) \
-		--repository $(REPOSITORY) --max-batch-size $(MAX_BATCH_SIZE)
+		--repository $(REPOSITORY) --max-batch-size $(MAX_BATCH_SIZE) $(RENDER_FLAGS)
 else
 	$(PY) -m build_engine.repository --checkpoint $(CHECKPOINT) --backend $(BACKEND) --repository $(REPOSITORY) \
-		--max-batch-size $(MAX_BATCH_SIZE)
+		--max-batch-size $(MAX_BATCH_SIZE) $(RENDER_FLAGS)
 endif
 
 # The whole job on the embedded demo model: install, convert + render, start tritonserver, score samples, stop.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +143,12 @@ class RewardMetadata:
         return Path(directory) / self.tokenizer_file
 
     @classmethod
-    def copy(cls, source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    def copy(
+        cls, source: str | os.PathLike[str], target: str | os.PathLike[str], max_input_len: int | None = None
+    ) -> None:
         """Put the metadata and the tokenizer of `source` (a converted checkpoint) next to an engine in `target`:
-        the stages read both from the directory that holds the engine."""
+        the stages read both from the directory that holds the engine. `max_input_len`: the built engine's
+        (`build_config.max_input_len`), which then is what every stage enforces, whatever the checkpoint said."""
         meta = cls.load(source)
         Path(target).mkdir(parents=True, exist_ok=True)
         for name in (METADATA_FILE, meta.tokenizer_file):
@@ -154,6 +157,8 @@ class RewardMetadata:
                 raise MetadataError(f"{src}: missing (the converter writes it next to config.json)")
             if src.resolve() != dst.resolve():
                 shutil.copyfile(src, dst)
+        if max_input_len is not None and max_input_len != meta.max_input_len:
+            replace(meta, max_input_len=max_input_len).save(target)
 
 
 # ---- the prompt template ---------------------------------------------------------------------------------------

@@ -30,10 +30,13 @@ import numpy as np
 from reward_triton.errors import RequestError
 from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
 from reward_triton.stages import Failure, Inputs, Outputs, PostprocessStage, error_response, guarded, read_inputs
+from reward_triton.trtllm_contract import CALLER_OUTPUTS
 
 ENGINE_MODEL = "tensorrt_llm"
 ENGINE_INPUTS = ("input_ids", "input_lengths", "request_output_len", "return_generation_logits")
 ENGINE_OUTPUT = "generation_logits"
+# The backend fails a response whose request did not ask for output_ids and sequence_length as well.
+ENGINE_REQUESTED_OUTPUTS = CALLER_OUTPUTS
 DEFAULT_MAX_ROWS = 1024
 
 
@@ -184,7 +187,7 @@ async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[An
         async with slots:
             tensors = [pb.Tensor(name, array) for name, array in rows.engine_inputs(i).items()]
             request = pb.InferenceRequest(
-                model_name=ENGINE_MODEL, inputs=tensors, requested_output_names=[ENGINE_OUTPUT]
+                model_name=ENGINE_MODEL, inputs=tensors, requested_output_names=list(ENGINE_REQUESTED_OUTPUTS)
             )
             response = await request.async_exec()
             failure = _engine_failure(pb, response, i)

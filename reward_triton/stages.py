@@ -13,6 +13,7 @@ the PyTorch engine) and `PostprocessStage` (logits → scores and reward, `rewar
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from reward_triton import metadata
+from reward_triton import trtllm_contract as contract
 from reward_triton.errors import RequestError, ServerFault
 from reward_triton.metadata import RewardMetadata
 
@@ -62,6 +64,10 @@ def guarded(fn: Callable[[], T]) -> T | Failure:
 
 
 Inputs = Mapping[str, np.ndarray | None]
+# The key under which `read_inputs` passes the names of the outputs a request asked for, to a stage that sets
+# `reads_requested_outputs` (Triton fills in every output when a request names none).
+REQUESTED_OUTPUTS = "requested_output_names"
+ALL_ENGINE_OUTPUTS = tuple(spec.name for spec in contract.OUTPUTS)
 Outputs = dict[str, np.ndarray]
 Result = Outputs | Failure
 
@@ -70,15 +76,6 @@ class Stage(Protocol):
     input_names: tuple[str, ...]
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]: ...
-
-
-def _one_request(name: str, array: np.ndarray) -> np.ndarray:
-    """Drop Triton's batch dim, insisting on a batch of exactly one (ragged inputs cannot share a request)."""
-    if array.ndim == 0 or array.shape[0] != 1:
-        raise RequestError(
-            f"input '{name}' has shape {list(array.shape)}: send one sequence per request (batch size 1)"
-        )
-    return array[0]
 
 
 def _scalar(name: str, array: np.ndarray | None, default: Any, dtype: type) -> Any:
@@ -91,7 +88,9 @@ def _scalar(name: str, array: np.ndarray | None, default: Any, dtype: type) -> A
 
 
 class PostprocessStage:
-    input_names = ("generation_logits",)
+    # output_ids / sequence_length: the engine fills them in every response and the ensemble must consume what it
+    # maps; they confirm that the engine generated the reward position.
+    input_names = ("generation_logits", "output_ids", "sequence_length")
 
     def __init__(self, model_dir: str | os.PathLike[str]):
         self.meta = RewardMetadata.load(model_dir)
@@ -109,6 +108,9 @@ class PostprocessStage:
         logits = inputs.get("generation_logits")
         if logits is None:
             raise RequestError("input 'generation_logits' is missing")
+        lengths = inputs.get("sequence_length")
+        if lengths is not None and (np.asarray(lengths).size == 0 or int(np.asarray(lengths).min()) < 1):
+            raise ServerFault(f"the engine generated no position (sequence_length {np.asarray(lengths).tolist()})")
         s = self.scores_of(logits)
         return {"scores": s, "reward": metadata.reward(s, self.meta)[:, None]}
 
@@ -117,23 +119,43 @@ class PostprocessStage:
 
 
 class EngineStage:
-    """The `tensorrt_llm` contract served by the PyTorch engine: one batched forward per `run`."""
+    """The `tensorrt_llm` contract (`reward_triton.trtllm_contract`) served by the PyTorch engine: one batched
+    forward per `run`. It refuses what NVIDIA's C++ backend refuses, with the backend's messages and status
+    (INTERNAL), so that a caller that works here works in the container; what it cannot do that the C++ backend
+    can (more than one output position, context logits, decoupled mode) it refuses as a server fault too."""
 
-    input_names = (
-        "input_ids",
-        "input_lengths",
-        "request_output_len",
-        "end_id",
-        "pad_id",
-        "return_context_logits",
-        "return_generation_logits",
-        "exclude_input_in_output",
-    )
+    input_names = tuple(spec.name for spec in contract.INPUTS)
+    reads_requested_outputs = True
 
-    def __init__(self, engine: Any, max_input_len: int, vocab_size: int):
+    def __init__(self, engine: Any, max_input_len: int, vocab_size: int, exclude_input_in_output: bool = False) -> None:
         self.engine = engine
         self.max_input_len = max_input_len
         self.vocab_size = vocab_size
+        self.exclude_input_in_output = exclude_input_in_output  # the model parameter; a request may override it
+        self._request_ids = itertools.count(1)
+
+    @classmethod
+    def from_model_config(cls, config: Mapping[str, Any]) -> EngineStage:
+        """The stand-in as the Triton config declares it; refuses to load where the C++ backend would."""
+        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        contract.check_parameters(params)
+        if (config.get("model_transaction_policy") or {}).get("decoupled", False):
+            raise contract.ContractViolation("the PyTorch stand-in serves the non-decoupled contract only")
+        declared = contract.declared_logits_type(config)
+        stage = cls.from_checkpoint(
+            params["gpt_model_path"],
+            dtype=params.get("dtype") or "float32",
+            device=params.get("device") or "cpu",
+            num_threads=int(params.get("num_threads") or 0),
+            batch_invariant=contract.parse_bool(params.get("batch_invariant") or "false"),
+            exclude_input_in_output=contract.exclude_input_default(params),
+        )
+        engine_type = contract.LOGITS_TYPES["float32"]  # the stand-in's head and logits are float32
+        if declared != engine_type:
+            raise contract.ContractViolation(
+                f"config declares logits as {declared}, the engine's logits are {engine_type}"
+            )
+        return stage
 
     @classmethod
     def from_checkpoint(
@@ -143,6 +165,7 @@ class EngineStage:
         device: str = "cpu",
         num_threads: int = 0,
         batch_invariant: bool = False,
+        exclude_input_in_output: bool = False,
     ) -> EngineStage:
         import torch
 
@@ -155,33 +178,52 @@ class EngineStage:
             Path(directory), device=device, dtype=torch_dtype, batch_invariant=batch_invariant
         )
         meta = RewardMetadata.load(directory)
-        return cls(engine, meta.max_input_len, engine.cfg.vocab_size)
+        return cls(engine, meta.max_input_len, engine.cfg.vocab_size, exclude_input_in_output)
 
-    def _validate(self, inputs: Inputs) -> tuple[list[int], bool]:
+    def _validate(self, inputs: Inputs) -> tuple[list[int], bool, bool, tuple[str, ...]]:
+        """(sequence, exclude input from output_ids, return generation logits, outputs to fill), in the order
+        the C++ backend checks: batch size, inputs, the executor's request validation, requested outputs."""
+        request_id = next(self._request_ids)
         ids_in = inputs.get("input_ids")
         if ids_in is None:
-            raise RequestError("input 'input_ids' is missing")
-        ids = np.asarray(_one_request("input_ids", ids_in)).reshape(-1)
+            raise contract.ContractViolation(contract.NO_INPUT_IDS)
+        if ids_in.ndim == 0 or ids_in.shape[0] != 1:
+            raise contract.ContractViolation(contract.BATCH_NOT_DECOUPLED)
+        ids = np.asarray(ids_in[0]).reshape(-1)
+        out_len = _scalar("request_output_len", inputs.get("request_output_len"), None, int)
+        if out_len is None:
+            raise contract.ContractViolation(contract.NO_OUTPUT_LEN)
+        if out_len < 1:
+            raise contract.executor_failed(request_id, f"request_output_len (max new tokens) is {out_len}, must be > 0")
+        if out_len > 1:
+            raise ServerFault(
+                f"request_output_len is {out_len}: the PyTorch stand-in computes one output position (the reward)"
+            )
         length = _scalar("input_lengths", inputs.get("input_lengths"), ids.size, int)
         if not 1 <= length <= ids.size:
             raise RequestError(f"input_lengths is {length}, expected 1..{ids.size} (the number of input_ids)")
         if length > self.max_input_len:
-            raise RequestError(
-                f"input is {length} tokens, more than the engine's maximum input length of {self.max_input_len}"
-            )
-        out_len = _scalar("request_output_len", inputs.get("request_output_len"), None, int)
-        if out_len != 1:
-            raise RequestError(
-                f"request_output_len must be 1 for a reward model (the reward is the first output position), "
-                f"got {out_len}"
+            raise contract.executor_failed(
+                request_id,
+                f"prompt length ({length}) exceeds the engine's maximum input length ({self.max_input_len})",
             )
         if _scalar("return_context_logits", inputs.get("return_context_logits"), False, bool):
-            raise RequestError("return_context_logits is not supported: the engine computes last-token logits only")
+            raise contract.executor_failed(
+                request_id,
+                "context logits need an engine built with --gather_context_logits (this one computes "
+                "last-token logits only)",
+            )
         seq = ids[:length].astype(np.int64)
         if seq.min() < 0 or seq.max() >= self.vocab_size:
-            raise RequestError(f"input_ids must be in [0, {self.vocab_size}), got [{seq.min()}, {seq.max()}]")
-        exclude = _scalar("exclude_input_in_output", inputs.get("exclude_input_in_output"), False, bool)
-        return seq.tolist(), exclude
+            raise contract.executor_failed(
+                request_id, f"input_ids must be in [0, {self.vocab_size}), got [{seq.min()}, {seq.max()}]"
+            )
+        exclude = _scalar("exclude_input_in_output", inputs.get("exclude_input_in_output"), None, bool)
+        gen_logits = _scalar("return_generation_logits", inputs.get("return_generation_logits"), False, bool)
+        asked = inputs.get(REQUESTED_OUTPUTS)
+        requested = tuple(str(n) for n in asked) if asked is not None and len(asked) else ALL_ENGINE_OUTPUTS
+        contract.check_requested_outputs(requested)
+        return seq.tolist(), self.exclude_input_in_output if exclude is None else exclude, gen_logits, requested
 
     def _forward(self, seqs: list[list[int]]) -> np.ndarray:
         logits = np.asarray(self.engine.logits(seqs).float().cpu().numpy(), dtype=np.float32)
@@ -202,7 +244,7 @@ class EngineStage:
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         out: list[Result] = []
-        valid: list[tuple[int, list[int], bool]] = []
+        valid: list[tuple[int, list[int], bool, bool, tuple[str, ...]]] = []
         for i, inputs in enumerate(batch):
             checked = guarded(lambda inputs=inputs: self._validate(inputs))
             out.append(checked if isinstance(checked, Failure) else {})
@@ -210,17 +252,20 @@ class EngineStage:
                 valid.append((i, *checked))
         if not valid:
             return out
-        for (i, seq, exclude), row in zip(valid, self._logits([seq for _, seq, _ in valid]), strict=True):
+        rows = self._logits([seq for _, seq, *_ in valid])
+        for (i, seq, exclude, gen_logits, requested), row in zip(valid, rows, strict=True):
             if isinstance(row, Failure):
                 out[i] = row
                 continue
             generated = int(np.argmax(row))
             ids = [generated] if exclude else [*seq, generated]
-            out[i] = {
+            result = {
                 "output_ids": np.asarray([[ids]], dtype=np.int32),  # [1, beams, len]
                 "sequence_length": np.asarray([[len(ids)]], dtype=np.int32),  # [1, beams]
-                "generation_logits": row.reshape(1, 1, 1, -1).astype(np.float32),  # [1, beams, out_len, V]
             }
+            if gen_logits:
+                result["generation_logits"] = row.reshape(1, 1, 1, -1).astype(np.float32)  # [1, beams, out_len, V]
+            out[i] = {k: v for k, v in result.items() if k in requested}
         return out
 
 
@@ -244,6 +289,8 @@ def read_inputs(pb: Any, stage: Any, request: Any) -> Inputs:
     for name in stage.input_names:
         tensor = pb.get_input_tensor_by_name(request, name)
         inputs[name] = None if tensor is None else tensor.as_numpy()
+    if getattr(stage, "reads_requested_outputs", False):
+        inputs[REQUESTED_OUTPUTS] = np.asarray(list(request.requested_output_names()), dtype=object)
     return inputs
 
 

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from production_helpers import ROOT, config_340b, parse
+from production_helpers import ROOT, built_engine, config_340b, parse
 from tritonclient.grpc import model_config_pb2
 
 from build_engine import repository
@@ -21,10 +20,8 @@ from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE
 def served(single: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(rendered repository, engine dir) for backend tensorrtllm with a 2×8-node engine config."""
     root = tmp_path_factory.mktemp("served")
-    engine = root / "engine"
-    engine.mkdir()
     pretrained = {**config_340b(), "mapping": {"world_size": 16, "tp_size": 8, "pp_size": 2, "gpus_per_node": 8}}
-    (engine / "config.json").write_text(json.dumps({"version": "x", "pretrained_config": pretrained}))
+    engine = built_engine(root / "engine", pretrained)
     options = repository.RenderOptions(backend="tensorrtllm", max_batch_size=32, kv_cache_free_gpu_mem_fraction=0.85)
     repo = repository.render_repository(single, root / "repo", engine_dir=engine, options=options)
     return repo, engine
@@ -40,7 +37,7 @@ def test_tensorrtllm_backend_config_has_every_knob(served: tuple[Path, Path]) ->
     assert cfg.dynamic_batching.max_queue_delay_microseconds >= 0 and cfg.HasField("dynamic_batching")
     assert params["gpt_model_type"] == "inflight_fused_batching"
     assert Path(params["gpt_model_path"]) == engine.resolve()
-    assert params["enable_kv_cache_reuse"] == "false"
+    assert params["enable_kv_cache_reuse"] == "true"  # engine built with paged context FMHA
     assert params["kv_cache_free_gpu_mem_fraction"] == "0.85"
     assert params["batch_scheduler_policy"] in ("guaranteed_no_evict", "max_utilization")
     outputs = {o.name: o for o in cfg.output}

@@ -16,7 +16,7 @@ from reward_triton.conversation import loads
 from reward_triton.errors import RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
 from reward_triton.preprocess import Preprocessor, Tokenizer
-from reward_triton.stages import EngineStage, Failure, PostprocessStage
+from reward_triton.stages import REQUESTED_OUTPUTS, EngineStage, Failure, PostprocessStage
 
 MAX_LEN = 400
 
@@ -242,16 +242,22 @@ class _FakeEngine:
 
 
 def test_engine_stage_batches_and_validates() -> None:
+    """The stand-in's refusals are the C++ backend's (reward_triton/trtllm_contract.py): its messages, INTERNAL."""
     engine = _FakeEngine()
-    stage = EngineStage(engine, max_input_len=5, vocab_size=10)
+    stage = EngineStage(engine, max_input_len=5, vocab_size=10, exclude_input_in_output=True)
+    every = np.array(["output_ids", "sequence_length", "generation_logits"], dtype=object)
 
-    def req(ids: list[int], out_len: int = 1, **extra: np.ndarray) -> dict:
-        return {
-            "input_ids": np.array([ids], dtype=np.int32),
-            "input_lengths": np.array([len(ids)], dtype=np.int32),
-            "request_output_len": np.array([out_len], dtype=np.int32),
+    def req(ids: list[int], out_len: int | None = 1, rows: int = 1, **extra: np.ndarray) -> dict:
+        r = {
+            "input_ids": np.array([ids] * rows, dtype=np.int32),
+            "input_lengths": np.array([len(ids)] * rows, dtype=np.int32),
+            "return_generation_logits": np.array([True]),
+            REQUESTED_OUTPUTS: every,
             **extra,
         }
+        if out_len is not None:
+            r["request_output_len"] = np.array([out_len], dtype=np.int32)
+        return r
 
     out = stage.run(
         [
@@ -260,21 +266,36 @@ def test_engine_stage_batches_and_validates() -> None:
             req([1, 2, 3, 4, 5, 6]),
             req([11]),
             req([3], return_context_logits=np.array([True])),
-            req([4, 5, 6], exclude_input_in_output=np.array([True])),
+            req([4, 5, 6], exclude_input_in_output=np.array([False])),
+            req([1], rows=2),
+            req([1], out_len=None),
+            req([1], out_len=0),
+            req([1], **{REQUESTED_OUTPUTS: np.array(["generation_logits"], dtype=object)}),
+            req([1], **{REQUESTED_OUTPUTS: np.array(["output_ids", "generation_logits"], dtype=object)}),
+            req([2], return_generation_logits=np.array([False])),
         ]
     )
-    assert engine.calls == [[[1, 2], [4, 5, 6]]]  # one forward for the valid requests
+    assert engine.calls == [[[1, 2], [4, 5, 6], [2]]]  # one forward for the valid requests
     assert isinstance(out[0], dict) and out[0]["generation_logits"].shape == (1, 1, 1, 3)
     np.testing.assert_allclose(out[0]["generation_logits"].reshape(-1), [2, 3, 0])
-    assert out[0]["output_ids"].tolist() == [[[1, 2, 1]]] and out[0]["sequence_length"].tolist() == [[3]]
-    assert out[5]["output_ids"].tolist() == [[[1]]]
+    # exclude_input_in_output: the model parameter (True here), overridden per request
+    assert out[0]["output_ids"].tolist() == [[[1]]] and out[0]["sequence_length"].tolist() == [[1]]
+    assert out[5]["output_ids"].tolist() == [[[4, 5, 6, 1]]] and out[5]["sequence_length"].tolist() == [[4]]
+    assert set(out[11]) == {"output_ids", "sequence_length"}  # logits only when the request sets the flag
     for i, needle in [
-        (1, "request_output_len must be 1"),
-        (2, "maximum input length of 5"),
+        (1, "computes one output position"),
+        (2, "prompt length (6) exceeds the engine's maximum input length (5)"),
         (3, "[0, 10)"),
-        (4, "context"),
+        (4, "--gather_context_logits"),
+        (6, "Batch size > 1 requires the tensorrt_llm backend to be using decoupled transaction policy"),
+        (7, "request_output_len is not present in the request"),
+        (8, "must be > 0"),
+        (9, "Error encountered while populating response: output_ids tensor must be present in list of output"),
+        (10, "sequence_length tensor must be present in list of output tensors"),
     ]:
-        assert isinstance(out[i], Failure) and out[i].invalid_request and needle in out[i].message, out[i]
+        assert isinstance(out[i], Failure) and not out[i].invalid_request and needle in out[i].message, out[i]
+    for i in (2, 3, 4, 8):  # what the executor refuses comes back in the backend's wrapper
+        assert out[i].message.startswith("Executor failed process requestId "), out[i]
 
 
 class _PoisonedEngine(_FakeEngine):
@@ -291,7 +312,11 @@ def test_engine_failure_stays_with_its_sequence() -> None:
     engine = _PoisonedEngine()
     stage = EngineStage(engine, max_input_len=8, vocab_size=10)
     batch = [
-        {"input_ids": np.array([ids], dtype=np.int32), "request_output_len": np.array([1], dtype=np.int32)}
+        {
+            "input_ids": np.array([ids], dtype=np.int32),
+            "request_output_len": np.array([1], dtype=np.int32),
+            "return_generation_logits": np.array([True]),
+        }
         for ids in ([1, 2], [3, 7], [4])
     ]
     out = stage.run(batch)
