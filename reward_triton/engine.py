@@ -12,8 +12,8 @@ layer on GPUs (CPU: `enable_gqa`) and attention gets 4-D [1, heads, L, hd] views
 `scaled_dot_product_attention` runs a fused (flash) kernel and never the math fallback (3-D inputs silently took
 the math kernel: ~40 % of the CPU time); residual adds and activations are in place.
 In bfloat16/float16 the GEMMs and attention run in that dtype (fp32 accumulation inside the kernels) while the
-norms accumulate in fp32 and the final norm and lm_head run in fp32, as TensorRT-LLM computes a bf16 engine with
-`logits_dtype` float32. The layer loop issues no host synchronisation (sequence lengths stay on the host), so on
+norms accumulate in fp32 and the final norm and lm_head run in fp32. (A bf16 TensorRT-LLM engine runs lm_head in
+bf16 and casts the logits to fp32 (`logits_dtype` float32), so its rewards carry bf16 rounding that these do not.) The layer loop issues no host synchronisation (sequence lengths stay on the host), so on
 a GPU the whole forward is queued without waits.
 """
 
@@ -98,8 +98,8 @@ class Weights:
         return out
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Weights:
-        """The GEMM weights and embedding in `dtype`; the final norm and lm_head in float32 (TensorRT-LLM's
-        `logits_dtype` float32)."""
+        """The GEMM weights and embedding in `dtype`; the final norm and lm_head in float32 (fp32 logits, the
+        dtype the served contract declares)."""
 
         def cast(t: torch.Tensor, dt: torch.dtype = dtype) -> torch.Tensor:
             return t.to(device, dt).contiguous()

@@ -120,6 +120,8 @@ def _bytes(text: str) -> np.ndarray:
 def write_inputs(pairs: Sequence[tuple[str, list[int]]], directory: Path) -> tuple[Path, Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     ensemble = {"data": [{"conversation": [text]} for text, _ in pairs]}
+    # perf_analyzer names no outputs, so Triton asks `tensorrt_llm` for all of them (output_ids and sequence_length
+    # included, which the C++ backend requires).
     engine = {
         "data": [
             {
