@@ -13,8 +13,9 @@ layer on GPUs (CPU: `enable_gqa`) and attention gets 4-D [1, heads, L, hd] views
 the math kernel: ~40 % of the CPU time); residual adds and activations are in place.
 In bfloat16/float16 the GEMMs and attention run in that dtype (fp32 accumulation inside the kernels) while the
 norms accumulate in fp32 and the final norm and lm_head run in fp32. (A bf16 TensorRT-LLM engine runs lm_head in
-bf16 and casts the logits to fp32 (`logits_dtype` float32), so its rewards carry bf16 rounding that these do not.) The layer loop issues no host synchronisation (sequence lengths stay on the host), so on
-a GPU the whole forward is queued without waits.
+bf16 and casts the logits to fp32 (`logits_dtype` float32), so its rewards carry bf16 rounding that these do not.)
+The layer loop issues no host synchronisation (sequence lengths stay on the host), so on a GPU the whole forward is
+queued without waits.
 """
 
 from __future__ import annotations
