@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from build_engine.atomic import atomic_directory
+from reward_triton.mapping import Mapping, MappingError
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
 from reward_triton.trtllm_contract import ContractViolation, EngineLimits
 
 EXECUTABLE = "trtllm-build"
-DEFAULT_GPUS_PER_NODE = 8  # TensorRT-LLM's Mapping default
 UNEVEN_PP_SINCE = (0, 16)  # first release whose layer split matches torch.tensor_split
 INSTALL_HINT = (
     "TensorRT-LLM is GPU-only (CUDA, Python 3.12 wheels): run this inside the Triton TRT-LLM container "
@@ -80,14 +80,12 @@ def read_config(checkpoint: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def mapping(config: dict[str, Any]) -> tuple[int, int, int]:
-    """(tp, pp, world) from a checkpoint config or an engine config's pretrained_config."""
-    m = config.get("mapping") or {}
-    tp, pp = int(m.get("tp_size", 1)), int(m.get("pp_size", 1))
-    world = int(m.get("world_size", tp * pp))
-    if world != tp * pp:
-        raise BuildError(f"config mapping: world_size {world} != tp_size {tp} x pp_size {pp}")
-    return tp, pp, world
+def mapping(config: dict[str, Any]) -> Mapping:
+    """The checkpoint config's TP×PP mapping (BuildError when it is not TP × PP)."""
+    try:
+        return Mapping.of_config(config)
+    except MappingError as e:
+        raise BuildError(str(e)) from None
 
 
 def resolved_lengths(config: dict[str, Any], opts: BuildOptions) -> tuple[int, int]:
@@ -145,7 +143,7 @@ def installed_trtllm_version(exe: str | None = None) -> tuple[int, int] | None:
 def check_pipeline_split(config: dict[str, Any], opts: BuildOptions, version: tuple[int, int] | None) -> None:
     """Refuse a PP size that does not divide the layers where TensorRT-LLM would split them differently from the
     converter (releases before 0.16 floor-divide: a silently wrong engine)."""
-    _, pp, _ = mapping(config)
+    pp = mapping(config).pp
     layers = int(config.get("num_hidden_layers") or 0)
     if pp <= 1 or layers % pp == 0 or opts.allow_uneven_pp:
         return
@@ -178,7 +176,7 @@ def build_argv(checkpoint: Path, output: Path, config: dict[str, Any], opts: Bui
     if dtype not in ("bfloat16", "float16", "float32"):
         raise BuildError(f"checkpoint dtype {dtype!r} is not supported for the engine build")
     logits = str(config.get("logits_dtype") or "float32")
-    _, _, world = mapping(config)
+    world = mapping(config).world_size
     max_input, max_seq = resolved_lengths(config, opts)
     argv = [
         EXECUTABLE,
@@ -225,7 +223,7 @@ def build_argv(checkpoint: Path, output: Path, config: dict[str, Any], opts: Bui
 
 
 def gpus_per_node(config: dict[str, Any]) -> int:
-    return int((config.get("mapping") or {}).get("gpus_per_node") or DEFAULT_GPUS_PER_NODE)
+    return mapping(config).gpus_per_node
 
 
 @contextmanager
@@ -236,7 +234,7 @@ def build_view(checkpoint: Path, config: dict[str, Any], opts: BuildOptions) -> 
     if want is None or want == gpus_per_node(config):
         yield checkpoint
         return
-    _, _, world = mapping(config)
+    world = mapping(config).world_size
     with tempfile.TemporaryDirectory(prefix="trtllm-build-view-") as d:
         view = Path(d)
         for rank in range(world):
@@ -274,7 +272,7 @@ def build_engine(
     if exe is None:
         cmd = shlex.join(build_argv(checkpoint, output, config, opts))
         raise BuildError(f"{EXECUTABLE} is not on PATH. {INSTALL_HINT}. The build command is:\n  {cmd}")
-    _, _, world = mapping(config)
+    world = mapping(config).world_size
     check_pipeline_split(config, opts, installed_trtllm_version(exe))
     node_flag = (
         ["--gpus_per_node", str(opts.gpus_per_node or gpus_per_node(config))] if supports_gpus_per_node(exe) else []

@@ -25,12 +25,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from reward_triton.mapping import Mapping, MappingError
 from reward_triton.supervisor import RESTART_ENV
 
 ENGINE_MODEL = "tensorrt_llm"
-DEFAULT_GPUS_PER_NODE = 8
 
 
 class LaunchError(ValueError):
@@ -41,14 +40,6 @@ class LaunchError(ValueError):
 class Host:
     name: str
     slots: int
-
-
-@dataclass(frozen=True)
-class EngineLayout:
-    tp: int
-    pp: int
-    world_size: int
-    gpus_per_node: int
 
 
 @dataclass(frozen=True)
@@ -120,22 +111,18 @@ def _check_unique(hosts: list[Host]) -> None:
         raise LaunchError(f"hosts listed twice: {', '.join(dup)}")
 
 
-def engine_layout(engine_dir: str | os.PathLike[str]) -> EngineLayout:
+def engine_mapping(engine_dir: str | os.PathLike[str]) -> Mapping:
     """Mapping of a trtllm-build output (`config.json` {pretrained_config: {mapping}}), or of a checkpoint."""
     path = Path(engine_dir) / "config.json"
     if not path.is_file():
         raise LaunchError(f"{path}: missing (not a TensorRT-LLM engine directory)")
-    cfg: dict[str, Any] = json.loads(path.read_text())
-    pretrained = cfg.get("pretrained_config", cfg)
-    m = pretrained.get("mapping") or {}
-    tp, pp = int(m.get("tp_size", 1)), int(m.get("pp_size", 1))
-    world = int(m.get("world_size", tp * pp))
-    if world != tp * pp:
-        raise LaunchError(f"{path}: mapping world_size {world} != tp_size {tp} x pp_size {pp}")
-    return EngineLayout(tp, pp, world, int(m.get("gpus_per_node") or DEFAULT_GPUS_PER_NODE))
+    try:
+        return Mapping.of_config(json.loads(path.read_text()), str(path))
+    except MappingError as e:
+        raise LaunchError(str(e)) from None
 
 
-def check_hosts(layout: EngineLayout, hosts: Sequence[Host] | None) -> list[str]:
+def check_hosts(layout: Mapping, hosts: Sequence[Host] | None) -> list[str]:
     """Raise if the hosts cannot run the engine's ranks on the GPUs it was built for; return warnings."""
     g, world = layout.gpus_per_node, layout.world_size
     if hosts is None:  # single node, local launch
@@ -275,7 +262,7 @@ def plan(
         raise LaunchError(
             f"--engine-dir {engine} differs from gpt_model_path {rendered} in the rendered {ENGINE_MODEL} config"
         )
-    layout = engine_layout(engine)
+    layout = engine_mapping(engine)
     warnings = check_hosts(layout, hosts)
     return mpirun_command(layout.world_size, repo, hosts, opts), warnings
 

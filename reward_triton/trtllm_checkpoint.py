@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from reward_triton.weights import BY_NAME, Arch, Rule, TPLayout, engine_rows, is_gated, join, stage_layers
+from reward_triton.mapping import Mapping
+from reward_triton.weights import BY_NAME, Arch, Rule, TPLayout, engine_rows, is_gated, join
 
 _FLOAT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,8 +49,7 @@ class EngineConfig:
     norm_eps: float
     rotary_dim: int
     rotary_base: float
-    tp: int
-    pp: int
+    mapping: Mapping
     compact_head: bool  # lm_head is [K, H] on every last-stage rank instead of the padded vocab
     parallel_embedding: bool  # embedding rows sharded over the TP ranks of stage 0
 
@@ -70,8 +70,7 @@ class EngineConfig:
             norm_eps=float(d.get("norm_epsilon", 1e-5)),
             rotary_dim=int(hd * float(1.0 if llama else d.get("rotary_pct", 1.0))),
             rotary_base=float(d.get("rotary_base", 10000.0)),
-            tp=d["mapping"]["tp_size"],
-            pp=d["mapping"]["pp_size"],
+            mapping=Mapping.of_config(d),
             compact_head=d.get("reward_head", {}).get("lm_head") == "compact",
             parallel_embedding=bool(d.get("use_parallel_embedding", False)),
         )
@@ -86,7 +85,7 @@ class EngineConfig:
 
     def tp_layout(self) -> TPLayout:
         return TPLayout(
-            tp=self.tp,
+            tp=self.mapping.tp,
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim,
@@ -109,34 +108,34 @@ class RankFiles:
         self.directory, self.cfg, self.layout = Path(directory), cfg, cfg.tp_layout()
         self.rows = {w.name: w for w in engine_rows(cfg.arch)}
         self.ranks: list[dict[str, torch.Tensor]] = []
-        for rank in range(cfg.tp * cfg.pp):
+        for rank in range(cfg.mapping.world_size):
             path = self.directory / f"rank{rank}.safetensors"
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: rank file missing (config.json maps {cfg.tp * cfg.pp} ranks)")
+                raise FileNotFoundError(f"{path}: rank file missing (config.json maps {cfg.mapping.world_size} ranks)")
             with safe_open(str(path), framework="pt") as f:
                 self.ranks.append({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 - no __iter__
         self.stage_of: dict[int, tuple[int, int]] = {}  # global layer → (stage, local index)
-        for stage in range(cfg.pp):
-            for local, layer in enumerate(stage_layers(cfg.num_layers, cfg.pp, stage)):
+        for stage in range(cfg.mapping.pp):
+            for local, layer in enumerate(cfg.mapping.stage_layers(cfg.num_layers, stage)):
                 self.stage_of[layer] = (stage, local)
         for rank, tensors in enumerate(self.ranks):  # exactly the table's tensors for this rank's stage
-            want = self._expected(rank // cfg.tp)
+            want = self._expected(cfg.mapping.ranks(rank)[1])
             path = self.directory / f"rank{rank}.safetensors"
             if missing := sorted(want - tensors.keys()):
                 raise CheckpointFormatError(f"{path}: tensors missing: {', '.join(missing[:5])}")
             if extra := sorted(tensors.keys() - want):
                 raise CheckpointFormatError(
                     f"{path}: unexpected tensors {', '.join(extra[:5])} (config.json: {cfg.num_layers} layers, "
-                    f"pp {cfg.pp}, architecture {cfg.architecture})"
+                    f"pp {cfg.mapping.pp}, architecture {cfg.architecture})"
                 )
 
     def _expected(self, stage: int) -> set[str]:
         names: set[str] = set()
         for w in self.rows.values():
             if w.is_layer:
-                for local in range(len(stage_layers(self.cfg.num_layers, self.cfg.pp, stage))):
+                for local in range(len(self.cfg.mapping.stage_layers(self.cfg.num_layers, stage))):
                     names.update(n.format(i=local) for n in w.trtllm)
-            elif stage == (0 if w.rule is Rule.EMBEDDING else self.cfg.pp - 1):
+            elif stage == (0 if w.rule is Rule.EMBEDDING else self.cfg.mapping.pp - 1):
                 names.update(w.trtllm)
         return names
 
@@ -155,13 +154,13 @@ class RankFiles:
                 raise CheckpointFormatError(f"layer {layer} outside the {self.cfg.num_layers} of config.json")
             stage, local = self.stage_of[layer]
         else:
-            stage, local = (0 if w.rule is Rule.EMBEDDING else self.cfg.pp - 1), 0
+            stage, local = (0 if w.rule is Rule.EMBEDDING else self.cfg.mapping.pp - 1), 0
         return join(w, lambda trtllm: self._shards(trtllm.format(i=local), stage), self.layout)
 
     def _shards(self, name: str, stage: int) -> list[torch.Tensor]:
         out = []
-        for tp in range(self.cfg.tp):
-            rank = stage * self.cfg.tp + tp
+        for tp in range(self.cfg.mapping.tp):
+            rank = stage * self.cfg.mapping.tp + tp
             if name not in self.ranks[rank]:
                 raise CheckpointFormatError(f"{self.directory / f'rank{rank}.safetensors'}: tensor '{name}' missing")
             out.append(self.ranks[rank][name])

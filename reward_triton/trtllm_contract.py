@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reward_triton import mapping as parallel
 from reward_triton.errors import ServerFault
 
 # ---- the backend's messages (verbatim) ------------------------------------------------------------------------
@@ -245,8 +246,10 @@ class EngineLimits:
         if "max_input_len" not in build:
             raise ContractViolation(f"{path}: build_config has no max_input_len")
         plugins = build.get("plugin_config") or {}
-        mapping = pretrained.get("mapping") or {}
-        world = int(mapping.get("world_size") or int(mapping.get("tp_size", 1)) * int(mapping.get("pp_size", 1)))
+        try:
+            world = parallel.Mapping.of_config(config, str(path)).world_size
+        except parallel.MappingError as e:
+            raise ContractViolation(str(e)) from None
         return cls(
             max_input_len=int(build["max_input_len"]),
             max_num_tokens=int(build["max_num_tokens"]) if build.get("max_num_tokens") else None,

@@ -195,13 +195,6 @@ class TPLayout:
         return g0 * group_rows, (g0 + n_groups) * group_rows, idx
 
 
-def stage_layers(num_layers: int, pp: int, stage: int) -> list[int]:
-    """Global indices of the layers pipeline stage `stage` holds: contiguous, earlier stages take the remainder."""
-    base, extra = divmod(num_layers, pp)
-    first = stage * base + min(stage, extra)
-    return list(range(first, first + base + (1 if stage < extra else 0)))
-
-
 def pad_to(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 

@@ -11,6 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from build_engine import capacity, convert
+from reward_triton.mapping import Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -32,7 +33,7 @@ def leftovers(parent: Path, name: str) -> list[str]:
 
 def config_340b(tp: int = 8, pp: int = 2) -> dict[str, Any]:
     spec = capacity.published_spec("Nemotron-4-340B-Reward")
-    return convert.trtllm_config(spec, convert.Layout(tp, pp), "bfloat16", "padded")
+    return convert.trtllm_config(spec, Mapping(tp, pp), "bfloat16", "padded")
 
 
 def parse(path: Path) -> model_config_pb2.ModelConfig:

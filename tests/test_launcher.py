@@ -12,6 +12,7 @@ from tritonclient.grpc import model_config_pb2
 
 from build_engine import repository
 from reward_triton import launcher
+from reward_triton.mapping import Mapping
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE
 
 
@@ -124,7 +125,7 @@ def test_launcher_needs_rendered_tensorrtllm_repository(tmp_path: Path) -> None:
 
 
 def test_launcher_warns_when_tp_straddles_nodes() -> None:
-    layout = launcher.EngineLayout(tp=16, pp=1, world_size=16, gpus_per_node=8)
+    layout = Mapping(tp=16, pp=1, gpus_per_node=8)
     assert "straddle" in launcher.check_hosts(layout, launcher.parse_hosts("a:8,b:8"))[0]
 
 

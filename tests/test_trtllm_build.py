@@ -18,6 +18,7 @@ from build_engine import convert, fixtures, trtllm_build
 from build_engine.nemo.writer import write_nemo_checkpoint
 from reward_triton import launcher
 from reward_triton.engine import TorchEngine
+from reward_triton.mapping import Mapping
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
 
 
@@ -91,7 +92,7 @@ def test_build_engine_atomic_with_side_files_and_gpus_per_node(single: Path, tmp
     assert RewardMetadata.load(single).max_input_len != 64 and RewardMetadata.load(engine).max_input_len == 64
     mapping = json.loads((engine / "config.json").read_text())["pretrained_config"]["mapping"]
     assert mapping == {"world_size": 8, "tp_size": 4, "pp_size": 2, "gpus_per_node": 4}
-    assert launcher.engine_layout(engine) == launcher.EngineLayout(4, 2, 8, 4)
+    assert launcher.engine_mapping(engine) == Mapping(4, 2, gpus_per_node=4)
     assert "gpus_per_node" not in json.loads((single / "config.json").read_text())["mapping"]  # source untouched
 
     with pytest.raises(trtllm_build.BuildError, match="exit status 3"):

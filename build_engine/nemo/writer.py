@@ -24,7 +24,8 @@ import yaml
 
 from build_engine.atomic import atomic_directory, atomic_file, partial_directory
 from build_engine.nemo.legacy import CKPT_NAME
-from reward_triton.weights import BY_NAME, EMBEDDING, FC1, HEAD_W, OUTPUT, is_gated, is_layer, nemo_split, stage_layers
+from reward_triton.mapping import Mapping
+from reward_triton.weights import BY_NAME, EMBEDDING, FC1, HEAD_W, OUTPUT, is_gated, is_layer, nemo_split
 
 Format = Literal["zarr", "torch_dist", "legacy"]
 FORMATS: tuple[str, ...] = ("zarr", "torch_dist", "legacy")
@@ -266,7 +267,7 @@ def _write_legacy(
     if pp > num_layers:
         raise ValueError(f"pp {pp} is larger than num_layers {num_layers}")
     for stage in range(pp):
-        layers = stage_layers(num_layers, pp, stage)
+        layers = Mapping(tp, pp).stage_layers(num_layers, stage)
         for rank in range(tp):
             state: dict[str, torch.Tensor] = {}
             for name, t in tensors.items():
