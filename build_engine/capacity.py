@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from build_engine.convert import DTYPES, RankPlanner, rank_bytes
+from build_engine.convert import RankPlanner, rank_bytes
 from build_engine.spec import ModelSpec
+from reward_triton.dtypes import parse_dtype
 from reward_triton.mapping import Mapping
 from reward_triton.weights import EMBEDDING, HEAD_W
 
@@ -108,7 +109,7 @@ def per_rank_weight_bytes(
     spec: ModelSpec, mapping: Mapping, dtype: str = "bfloat16", parallel_embedding: bool = False
 ) -> list[int]:
     """Bytes of every output rank file's tensors, from the converter's own plan (no weights are read)."""
-    planner = RankPlanner(spec, None, mapping, DTYPES[dtype], "padded", parallel_embedding)  # type: ignore[arg-type]
+    planner = RankPlanner(spec, None, mapping, parse_dtype(dtype), "padded", parallel_embedding)  # type: ignore[arg-type]
     return [rank_bytes(planner, r) for r in range(mapping.world_size)]
 
 

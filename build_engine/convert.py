@@ -29,6 +29,7 @@ from build_engine.nemo.errors import CheckpointError
 from build_engine.nemo.source import NemoCheckpoint, WeightSource, open_checkpoint
 from build_engine.safetensors_stream import SafetensorsWriter
 from build_engine.spec import ModelSpec
+from reward_triton import dtypes
 from reward_triton.mapping import Mapping
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
 from reward_triton.weights import (
@@ -43,7 +44,6 @@ from reward_triton.weights import (
     stage_layer_names,
 )
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 BLOCK_BYTES = 64 << 20  # row-block size for tensors streamed in pieces (embedding, lm_head)
 
 
@@ -315,13 +315,13 @@ def rank_bytes(planner: RankPlanner, rank: int) -> int:
 def prepare(
     ckpt: NemoCheckpoint, mapping: Mapping, dtype: str, lm_head: str, parallel_embedding: bool = False
 ) -> tuple[ModelSpec, RankPlanner]:
-    if dtype not in DTYPES:
-        raise ConversionError(f"dtype '{dtype}' is not supported (choose from {sorted(DTYPES)})")
+    if dtype not in dtypes.NAMES:
+        raise ConversionError(f"dtype '{dtype}' is not supported (choose from {', '.join(dtypes.NAMES)})")
     if lm_head not in ("padded", "compact"):
         raise ConversionError(f"lm_head '{lm_head}' must be 'padded' or 'compact'")
     spec = ModelSpec.from_nemo(ckpt.config, ckpt.weights)
     validate(spec, ckpt.weights, mapping)
-    return spec, RankPlanner(spec, ckpt.weights, mapping, DTYPES[dtype], lm_head, parallel_embedding)
+    return spec, RankPlanner(spec, ckpt.weights, mapping, dtypes.parse_dtype(dtype), lm_head, parallel_embedding)
 
 
 def write_side_files(ckpt: NemoCheckpoint, planner: RankPlanner, dtype: str, d: Path) -> None:
@@ -371,7 +371,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output directory (replaced atomically when complete)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="bfloat16", choices=dtypes.NAMES)
     p.add_argument(
         "--lm-head",
         default="padded",

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from reward_triton import dtypes
 from reward_triton import trtllm_contract as contract
 from reward_triton.metadata import MetadataError, RewardMetadata
 from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES
@@ -31,7 +32,7 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "reward_model")
 BACKENDS = ("torch", "tensorrtllm")
 CONFIG = "config.pbtxt"
-TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
+TORCH_DTYPES = ("auto", *dtypes.NAMES)
 
 
 class RepositoryError(ValueError):

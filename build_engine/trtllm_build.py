@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from build_engine.atomic import atomic_directory
+from reward_triton import dtypes
 from reward_triton.mapping import Mapping, MappingError
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
 from reward_triton.trtllm_contract import ContractViolation, EngineLimits
@@ -173,7 +174,7 @@ def _flag(on: bool) -> str:
 def build_argv(checkpoint: Path, output: Path, config: dict[str, Any], opts: BuildOptions) -> list[str]:
     """The exact `trtllm-build` argv for this checkpoint config and options."""
     dtype = str(config.get("dtype") or "bfloat16")
-    if dtype not in ("bfloat16", "float16", "float32"):
+    if dtype not in dtypes.NAMES:
         raise BuildError(f"checkpoint dtype {dtype!r} is not supported for the engine build")
     logits = str(config.get("logits_dtype") or "float32")
     world = mapping(config).world_size

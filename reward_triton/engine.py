@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from reward_triton.trtllm_checkpoint import EngineConfig, RankFiles, checkpoint_dtype, parse_dtype
+from reward_triton.dtypes import parse_dtype
+from reward_triton.trtllm_checkpoint import EngineConfig, RankFiles, checkpoint_dtype
 from reward_triton.weights import EMBEDDING, FC1, FC2, HEAD_W, LN1_B, LN1_W, LN2_B, LN2_W, LNF_B, LNF_W, PROJ, QKV
 
 __all__ = ["EngineConfig", "Layer", "Norm", "TorchEngine", "Weights", "checkpoint_dtype", "parse_dtype"]

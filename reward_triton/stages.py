@@ -169,13 +169,13 @@ class EngineStage:
     ) -> EngineStage:
         import torch
 
+        from reward_triton.dtypes import parse_dtype
         from reward_triton.engine import TorchEngine
 
         if num_threads > 0:
             torch.set_num_threads(num_threads)
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         engine = TorchEngine.from_checkpoint(
-            Path(directory), device=device, dtype=torch_dtype, batch_invariant=batch_invariant
+            Path(directory), device=device, dtype=parse_dtype(dtype), batch_invariant=batch_invariant
         )
         meta = RewardMetadata.load(directory)
         return cls(engine, meta.max_input_len, engine.cfg.vocab_size, exclude_input_in_output)

@@ -15,24 +15,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from reward_triton.dtypes import lookup
 from reward_triton.mapping import Mapping
 from reward_triton.weights import BY_NAME, Arch, Rule, TPLayout, engine_rows, is_gated, join
-
-_FLOAT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CheckpointFormatError(ValueError):
     """The TensorRT-LLM checkpoint is incomplete or inconsistent; the message names the file or tensor."""
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """`float32` | `bfloat16` | `float16` (also `fp32`, `bf16`, `fp16`) → torch dtype."""
-    if isinstance(name, torch.dtype):
-        return name
-    alias = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
-    if alias not in _FLOAT:
-        raise ValueError(f"dtype must be one of {', '.join(_FLOAT)}, got {name!r}")
-    return _FLOAT[alias]
 
 
 @dataclass(frozen=True)
@@ -98,7 +87,7 @@ class EngineConfig:
 def checkpoint_dtype(directory: str | os.PathLike[str]) -> str:
     """The dtype a converted checkpoint stores its weights in (config.json `dtype`), e.g. "bfloat16"."""
     name = json.loads((Path(directory) / "config.json").read_text()).get("dtype", "float32")
-    return str(parse_dtype(name)).removeprefix("torch.")
+    return lookup(name).name
 
 
 class RankFiles:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reward_triton import dtypes
 from reward_triton import mapping as parallel
 from reward_triton.errors import ServerFault
 
@@ -104,8 +105,8 @@ RULES: tuple[Rule, ...] = (
 )
 
 # ---- tensors -------------------------------------------------------------------------------------------------
-TYPE_OF_NUMPY = {"int32": "TYPE_INT32", "bool": "TYPE_BOOL", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-LOGITS_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}  # the only logits dtypes the backend serves
+# The only logits dtypes the backend serves (it checks the declared type against the engine's on every response).
+LOGITS_TYPES = {name: dtypes.BY_NAME[name].triton for name in ("float32", "float16")}
 
 
 @dataclass(frozen=True)
