@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from reward_triton import model_config
+
 DEFAULT_URL = "localhost:8001"
 DEFAULT_MODEL = "ensemble"
 RETRYABLE = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"})
@@ -73,7 +75,7 @@ class ModelMetadata:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], model: str = DEFAULT_MODEL) -> ModelMetadata:
         """`config` is the model config as JSON (get_model_config(..., as_json=True)["config"])."""
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = model_config.parameters(config)
 
         def load(key: str) -> list[Any]:
             raw = params.get(key)

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from reward_triton import metadata
+from reward_triton import metadata, model_config
 from reward_triton import trtllm_contract as contract
 from reward_triton.errors import RequestError, ServerFault
 from reward_triton.metadata import RewardMetadata
@@ -137,7 +137,7 @@ class EngineStage:
     @classmethod
     def from_model_config(cls, config: Mapping[str, Any]) -> EngineStage:
         """The stand-in as the Triton config declares it; refuses to load where the C++ backend would."""
-        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        params = model_config.parameters(config)
         contract.check_parameters(params)
         if (config.get("model_transaction_policy") or {}).get("decoupled", False):
             raise contract.ContractViolation("the PyTorch stand-in serves the non-decoupled contract only")
@@ -272,8 +272,7 @@ class EngineStage:
 # ---- pb_utils ↔ numpy -------------------------------------------------------------------------------------------
 def parameters(args: dict[str, Any]) -> dict[str, str]:
     """`initialize(args)` → the model config's parameters as {key: string_value}."""
-    config = json.loads(args["model_config"])
-    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    return model_config.parameters(json.loads(args["model_config"]))
 
 
 def require(params: dict[str, str], key: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward_triton import dtypes
+from reward_triton import dtypes, model_config
 from reward_triton import mapping as parallel
 from reward_triton.errors import ServerFault
 
@@ -302,7 +302,7 @@ def check_model_config(config: Mapping[str, Any], logits_type: str) -> list[str]
     for output in config.get("output", []):
         if output.get("name") in LOGITS_OUTPUTS and output.get("data_type") != logits_type:
             problems.append(f"output {output.get('name')} is {output.get('data_type')}, engine logits {logits_type}")
-    params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+    params = model_config.parameters(config)
     try:
         check_parameters(params, path_exists=False)
     except ContractViolation as e:
