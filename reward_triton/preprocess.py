@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from reward_triton import metadata
+from reward_triton import prompt
 from reward_triton.conversation import Conversation, ConversationError, loads
 from reward_triton.errors import RequestError
 from reward_triton.metadata import RewardMetadata
@@ -110,6 +110,9 @@ class Preprocessor:
         return [guarded(lambda inputs=inputs: self.prepare(inputs).tensors()) for inputs in batch]
 
     # ---- one decoded input ----
+    def _render(self, conv: Conversation) -> str:
+        return prompt.render(conv, self.meta.template, self.meta.default_system_prompt)
+
     def _too_long(self, n: int, what: str) -> RequestError:
         return RequestError(
             f"{what} is {n} tokens, more than the engine's maximum input length of {self.max_input_len} tokens"
@@ -122,7 +125,7 @@ class Preprocessor:
         return ids
 
     def conversation(self, conv: Conversation, truncate: bool = False) -> Prepared:
-        ids = self._encode(metadata.render(conv, self.meta), "conversation")
+        ids = self._encode(self._render(conv), "conversation")
         if len(ids) <= self.max_input_len:
             return Prepared(ids)
         if not truncate:
@@ -134,7 +137,7 @@ class Preprocessor:
             raise RequestError(f"{self._too_long(len(ids), 'conversation')}, and it has no earlier turns to drop")
 
         def attempt(k: int) -> list[int]:
-            return self._encode(metadata.render(conv.without_turns(0, groups[k - 1][1]), self.meta), "conversation")
+            return self._encode(self._render(conv.without_turns(0, groups[k - 1][1])), "conversation")
 
         shortest = attempt(len(groups))
         if len(shortest) > self.max_input_len:

@@ -8,7 +8,7 @@ Whatever one request does, it gets its own result: every request runs under `gua
 engine forward is retried one sequence at a time so that only the sequence that fails gets the error.
 
 Stages: preprocessing is `reward_triton.preprocess.Preprocessor`; `EngineStage` (the `tensorrt_llm` contract on
-the PyTorch engine) and `PostprocessStage` (logits → scores and reward, `reward_triton.metadata`) are here.
+the PyTorch engine) and `PostprocessStage` (logits → scores and reward, `reward_triton.head`) are here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from reward_triton import metadata, model_config
+from reward_triton import head, model_config
 from reward_triton import trtllm_contract as contract
 from reward_triton.errors import RequestError, ServerFault
 from reward_triton.metadata import RewardMetadata
@@ -97,12 +97,12 @@ class PostprocessStage:
 
     def scores_of(self, logits: np.ndarray) -> np.ndarray:
         """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
-        the reward position. A head that does not fit the engine's logits is a server fault (metadata.HeadError)."""
+        the reward position. A head that does not fit the engine's logits is a server fault (head.HeadError)."""
         arr = np.asarray(logits, dtype=np.float32)
         if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
             raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")
         last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
-        return metadata.scores(last, self.meta)
+        return head.scores(last, self.meta)
 
     def _one(self, inputs: Inputs) -> Outputs:
         logits = inputs.get("generation_logits")
@@ -112,7 +112,7 @@ class PostprocessStage:
         if lengths is not None and (np.asarray(lengths).size == 0 or int(np.asarray(lengths).min()) < 1):
             raise ServerFault(f"the engine generated no position (sequence_length {np.asarray(lengths).tolist()})")
         s = self.scores_of(logits)
-        return {"scores": s, "reward": metadata.reward(s, self.meta)[:, None]}
+        return {"scores": s, "reward": head.reward(s, self.meta)[:, None]}
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         return [guarded(lambda inputs=inputs: self._one(inputs)) for inputs in batch]
@@ -227,7 +227,7 @@ class EngineStage:
 
     def _forward(self, seqs: list[list[int]]) -> np.ndarray:
         logits = np.asarray(self.engine.logits(seqs).float().cpu().numpy(), dtype=np.float32)
-        if logits.shape[0] != len(seqs):  # non-finite reward logits are caught by the head (metadata.scores)
+        if logits.shape[0] != len(seqs):  # non-finite reward logits are caught by the head (head.scores)
             raise ServerFault(f"the engine returned logits of shape {list(logits.shape)} for {len(seqs)} sequences")
         return logits
 

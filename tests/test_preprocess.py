@@ -11,7 +11,7 @@ import sentencepiece as spm
 from convo import from_turns
 
 from build_engine import fixtures
-from reward_triton import metadata
+from reward_triton import head, prompt
 from reward_triton.conversation import loads
 from reward_triton.errors import RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
@@ -56,7 +56,7 @@ def _conv_json(n_exchanges: int, words: int = 6) -> str:
 def test_tokenizes_rendered_text_without_bos_eos(pre: Preprocessor, model_dir: Path) -> None:
     conv = from_turns([("user", "What is 1+1?"), ("assistant", "2")])
     sp = spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER_FILE))
-    text = metadata.render(conv, pre.meta)
+    text = prompt.render(conv, pre.meta.template, pre.meta.default_system_prompt)
     assert pre.conversation(conv).input_ids == list(sp.encode(text))
     assert sp.bos_id() not in pre.conversation(conv).input_ids
     ids = sp.encode("<extra_id_2>")
@@ -76,7 +76,7 @@ def test_request_tensors(pre: Preprocessor) -> None:
 
 def test_over_length_names_both_numbers(pre: Preprocessor) -> None:
     long = _conv_json(8)
-    n = len(pre.tokenizer.encode(metadata.render(loads(long), pre.meta)))
+    n = len(pre.tokenizer.encode(prompt.render(loads(long), pre.meta.template, pre.meta.default_system_prompt)))
     assert n > MAX_LEN
     with pytest.raises(RequestError, match=rf"{n} tokens.*{MAX_LEN} tokens.*truncate"):
         pre.prepare({"conversation": _obj(long)})
@@ -89,10 +89,10 @@ def test_truncate_drops_oldest_exchanges_only(pre: Preprocessor) -> None:
     out = pre.conversation(conv, truncate=True)
     assert out.truncated and out.num_tokens <= MAX_LEN and out.dropped_turns % 2 == 0 and out.dropped_turns > 0
     kept = conv.without_turns(0, out.dropped_turns)
-    assert out.input_ids == pre.tokenizer.encode(metadata.render(kept, pre.meta))
+    assert out.input_ids == pre.tokenizer.encode(prompt.render(kept, pre.meta.template, pre.meta.default_system_prompt))
     # dropping one exchange fewer would not fit: the fewest turns were dropped
     longer = conv.without_turns(0, out.dropped_turns - 2)
-    assert len(pre.tokenizer.encode(metadata.render(longer, pre.meta))) > MAX_LEN
+    assert len(pre.tokenizer.encode(prompt.render(longer, pre.meta.template, pre.meta.default_system_prompt))) > MAX_LEN
     # the system prompt and the last exchange stay
     text = pre.tokenizer.decode(out.input_ids)
     assert text.startswith("<extra_id_0>System\n") and "answer 7" in text and "question 7" in text
@@ -210,13 +210,13 @@ def test_unexpected_errors_are_internal_and_isolated(model_dir: Path) -> None:
 def test_heads_and_postprocess(model_dir: Path) -> None:
     meta = RewardMetadata.load(model_dir)
     logits = np.array([[1.0, 2.0, 3.0, 9.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    s = metadata.scores(logits, meta)
+    s = head.scores(logits, meta)
     np.testing.assert_allclose(s, [[1.5, 1.0, 3.0], [0.5, -1.0, 0.0]])
-    np.testing.assert_allclose(metadata.reward(s, meta), [-1.0, -2.0])
-    with pytest.raises(metadata.HeadError):
-        metadata.scores(np.zeros((1, 2)), meta)
-    with pytest.raises(metadata.HeadError, match="non-finite"):  # a broken engine never yields a NaN reward
-        metadata.scores(np.array([[0.0, np.nan, 0.0, 0.0]]), meta)
+    np.testing.assert_allclose(head.reward(s, meta), [-1.0, -2.0])
+    with pytest.raises(head.HeadError):
+        head.scores(np.zeros((1, 2)), meta)
+    with pytest.raises(head.HeadError, match="non-finite"):  # a broken engine never yields a NaN reward
+        head.scores(np.array([[0.0, np.nan, 0.0, 0.0]]), meta)
     post = PostprocessStage(model_dir)
     out, short, missing = post.run(
         [{"generation_logits": logits[0].reshape(1, 1, 1, 4)}, {"generation_logits": np.zeros((1, 1, 1, 2))}, {}]

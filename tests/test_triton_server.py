@@ -81,7 +81,7 @@ def _reference(server: RunningServer, cache: dict[Path, Reference]) -> Reference
 
 
 def steerlm(system: str, turns: list[tuple[str, str]]) -> str:
-    """The template written out by hand (docs/formats.md), independent of reward_triton.metadata.render."""
+    """The template written out by hand (docs/formats.md), independent of reward_triton.prompt.render."""
     text = f"<extra_id_0>System\n{system}\n"
     for role, content in turns:
         text += f"<extra_id_1>{'User' if role == 'user' else 'Assistant'}\n{content}\n"
