@@ -31,16 +31,16 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# `make bench`: conversion throughput (build_engine.bench) and engine speed against Hugging Face on the same weights,
-# threads and dtype (reward_triton.bench_engine; BENCH_ENGINE_ARGS e.g. `--device cuda --preset llama2-13b`).
+# `make bench`: conversion throughput (tooling.bench_convert) and engine speed against Hugging Face on the same weights,
+# threads and dtype (tooling.bench_engine; BENCH_ENGINE_ARGS e.g. `--device cuda --preset llama2-13b`).
 BENCH_ENGINE_ARGS ?= --device cpu --preset cpu-nemotron,cpu-llama --dtype float32,bfloat16 --json build/bench/engine.json
 bench: bench-convert bench-engine
 
 bench-convert: install
-	$(PY) -m build_engine.bench
+	$(PY) -m tooling.bench_convert
 
 bench-engine: install
-	$(PY) -m reward_triton.bench_engine $(BENCH_ENGINE_ARGS)
+	$(PY) -m tooling.bench_engine $(BENCH_ENGINE_ARGS)
 
 # ---- serving: `make engine` renders model_repository/, `make serve` runs tritonserver on it, `make perf` measures.
 # The embedded demo checkpoint (demo/README.md) is the default NEMO; `NEMO=build/fixture-nemotron` (or -llama)
@@ -73,11 +73,11 @@ PERF_CONCURRENCY ?= 1:16
 PERF_ARGS ?=
 
 build/fixture-%: | $(STAMP)
-	$(PY) -m build_engine.fixtures --arch $* --format zarr --seq-length 512 --out $@
+	$(PY) -m tooling.fixtures --arch $* --format zarr --seq-length 512 --out $@
 
 # hidden 512, 8 layers (the engine benchmark's shape): `make engine perf NEMO=build/fixture-large-nemotron`
 build/fixture-large-%: | $(STAMP)
-	$(PY) -m build_engine.bench_fixture --arch $* --seq-length 512 --out $@
+	$(PY) -m tooling.bench_fixture --arch $* --seq-length 512 --out $@
 
 engine: install $(filter build/fixture-%,$(NEMO))
 ifeq ($(shell test "$(NP)" -gt 1 2>/dev/null && echo mpi),mpi)
@@ -126,7 +126,7 @@ else
 endif
 
 $(VENV)/bin/perf_analyzer: | $(STAMP)
-	$(PY) -m reward_triton.perf install
+	$(PY) -m tooling.perf install
 
 perf: install $(REPOSITORY)/ensemble/config.pbtxt $(VENV)/bin/perf_analyzer
-	$(PY) -m reward_triton.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY) $(PERF_ARGS)
+	$(PY) -m tooling.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY) $(PERF_ARGS)

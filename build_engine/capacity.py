@@ -27,9 +27,9 @@ from typing import Any
 
 from build_engine.convert import RankPlanner, rank_bytes
 from build_engine.spec import ModelSpec
-from reward_triton.dtypes import parse_dtype
-from reward_triton.mapping import Mapping
-from reward_triton.weights import EMBEDDING, HEAD_W
+from reward_triton.engine.dtypes import parse_dtype
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.weights import EMBEDDING, HEAD_W
 
 GIB = 1 << 30
 H100_MEMORY_BYTES = 81559 * (1 << 20)  # H100 SXM 80 GB (HBM3) as nvidia-smi reports it: 81559 MiB

@@ -1,6 +1,7 @@
 """NeMo reward checkpoint → TensorRT-LLM unified checkpoint (config.json + rank{N}.safetensors), any TP×PP.
 
-A conversion is the weight table (reward_triton/weights.py: names and split rules, docs/formats.md) applied per rank:
+A conversion is the weight table (reward_triton/engine/weights.py: names and split rules, docs/formats.md) applied
+per rank:
 - column-parallel weights (qkv, fc, gate, vocab rows of lm_head) split on dim 0, row-parallel (dense, proj) on dim 1;
 - qkv is regrouped from NeMo's per-group [q.., k, v] rows into per-rank [q_r; k_r; v_r], replicating KV heads
   when there are fewer KV heads than TP ranks;
@@ -29,10 +30,9 @@ from build_engine.nemo.errors import CheckpointError
 from build_engine.nemo.source import NemoCheckpoint, WeightSource, open_checkpoint
 from build_engine.safetensors_stream import SafetensorsWriter
 from build_engine.spec import ModelSpec
-from reward_triton import dtypes
-from reward_triton.mapping import Mapping
-from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
-from reward_triton.weights import (
+from reward_triton.engine import dtypes
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.weights import (
     EMBEDDING,
     HEAD_B,
     HEAD_W,
@@ -43,6 +43,7 @@ from reward_triton.weights import (
     engine_rows,
     stage_layer_names,
 )
+from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
 
 BLOCK_BYTES = 64 << 20  # row-block size for tensors streamed in pieces (embedding, lm_head)
 
@@ -77,7 +78,7 @@ def validate(spec: ModelSpec, weights: WeightSource, mapping: Mapping) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cutting: each table rule (reward_triton/weights.py) as jobs that produce one rank's tensors from the source.
+# Cutting: each table rule (reward_triton/engine/weights.py) as jobs that produce one rank's tensors from the source.
 Blocks = Iterator[tuple[int, torch.Tensor]]
 
 

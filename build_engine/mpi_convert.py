@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 from build_engine import convert as conv
 from build_engine.atomic import commit_directory, partial_directory
 from build_engine.nemo.source import open_checkpoint
-from reward_triton.mapping import Mapping
+from reward_triton.engine.mapping import Mapping
 
 T = TypeVar("T")
 

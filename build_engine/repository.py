@@ -22,11 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reward_triton import dtypes
-from reward_triton import trtllm_contract as contract
+from reward_triton.engine import dtypes
 from reward_triton.metadata import MetadataError, RewardMetadata
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES
-from reward_triton.trtllm_contract import ContractViolation, EngineLimits
+from reward_triton.serving import trtllm_contract as contract
+from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES
+from reward_triton.serving.trtllm_contract import ContractViolation, EngineLimits
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "reward_model")
@@ -92,13 +92,13 @@ def resolve_torch_options(
     """Fill the automatic PyTorch-engine choices for this checkpoint on this machine.
 
     - torch_dtype "auto" → the checkpoint's dtype (config.json `dtype`; float32 when absent).
-    - torch_threads None → `reward_triton.bench_engine.measure_threads`: the engine scores a typical served batch
+    - torch_threads None → `tooling.bench_engine.measure_threads`: the engine scores a typical served batch
       with 1, 2, 4, ... threads (up to the cores this process may use), best of 3 interleaved runs, and more
       threads are taken only when ≥ 15 % faster. Without weights to time (a metadata-only directory, a device
       other than cpu, or rank files over 4 GiB) it is 1: idle OpenMP threads that spin while other processes
       hold a small machine's cores cost more than they give.
     """
-    from reward_triton.engine import checkpoint_dtype
+    from reward_triton.engine.model import checkpoint_dtype
 
     checkpoint = Path(checkpoint)
     if options.torch_dtype == "auto":
@@ -109,7 +109,7 @@ def resolve_torch_options(
         if options.torch_device != "cpu" or not ranks or size > MEASURE_THREADS_MAX_BYTES:
             threads = 1
         else:
-            from reward_triton.bench_engine import measure_threads
+            from tooling.bench_engine import measure_threads
 
             threads, _ = measure_threads(checkpoint, options.torch_dtype, log=log)
         options = replace(options, torch_threads=threads)
@@ -298,7 +298,7 @@ def config_dict(text: str) -> dict:
 
 def check_contract(engine_config: str, ensemble_config: str, logits_type: str) -> None:
     """The rendered `tensorrt_llm` config against the written contract, and the ensemble's engine step asking for
-    every output the backend needs (reward_triton/trtllm_contract.py)."""
+    every output the backend needs (reward_triton/serving/trtllm_contract.py)."""
     problems = [f"tensorrt_llm: {p}" for p in contract.check_model_config(config_dict(engine_config), logits_type)]
     steps = config_dict(ensemble_config).get("ensemble_scheduling", {}).get("step", [])
     for step in steps:

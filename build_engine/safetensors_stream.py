@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from reward_triton import dtypes
+from reward_triton.engine import dtypes
 
 DTYPE_NAMES = {d.torch: d.safetensors for d in dtypes.TABLE}
 

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from build_engine.atomic import atomic_directory
-from reward_triton import dtypes
-from reward_triton.mapping import Mapping, MappingError
+from reward_triton.engine import dtypes
+from reward_triton.engine.mapping import Mapping, MappingError
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
-from reward_triton.trtllm_contract import ContractViolation, EngineLimits
+from reward_triton.serving.trtllm_contract import ContractViolation, EngineLimits
 
 EXECUTABLE = "trtllm-build"
 UNEVEN_PP_SINCE = (0, 16)  # first release whose layer split matches torch.tensor_split

@@ -29,7 +29,7 @@ DEFAULT_URL = "localhost:8001"
 DEFAULT_MODEL = "ensemble"
 RETRYABLE = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"})
 REJECTED = frozenset({"StatusCode.INVALID_ARGUMENT"})
-# INTERNAL with this text: a dead python backend stub (reward_triton.supervisor restarts the server)
+# INTERNAL with this text: a dead python backend stub (reward_triton.ops.supervisor restarts the server)
 DEAD_STUB = "is not healthy"
 # reconnect to a restarted server within seconds (gRPC's default backoff grows to 120 s)
 CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]

@@ -34,9 +34,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from reward_triton import prompt
-from reward_triton.conversation import from_nemo
 from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, PromptTemplate
+from reward_triton.serving import prompt
+from reward_triton.serving.conversation import from_nemo
 
 Conversation = dict[str, Any]
 
@@ -494,7 +494,7 @@ class Example:
 
 
 def render(conversation: Conversation, template: PromptTemplate | None = None) -> str:
-    """SteerLM string that scores the LAST assistant turn (the served renderer, reward_triton.prompt)."""
+    """SteerLM string that scores the LAST assistant turn (the served renderer, reward_triton.serving.prompt)."""
     return prompt.render(from_nemo(conversation), template or PromptTemplate(), "")
 
 

@@ -3,8 +3,8 @@
 `reward_metadata.json` sits next to the TensorRT-LLM checkpoint (and is copied next to the engine). It holds
 everything the serving stages need that the engine itself does not know: the reward head bias, attribute
 names and order, scalar weights, the SteerLM prompt template, the tokenizer file and the input length limit.
-It is applied by `reward_triton.prompt` (conversation → the scored prompt) and `reward_triton.head` (engine
-logits → per-attribute scores → scalar reward).
+It is applied by `reward_triton.serving.prompt` (conversation → the scored prompt) and `reward_triton.serving.head`
+(engine logits → per-attribute scores → scalar reward).
 """
 
 from __future__ import annotations

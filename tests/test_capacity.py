@@ -10,7 +10,7 @@ from production_helpers import PP, TP
 from build_engine import capacity
 from build_engine.nemo.source import open_checkpoint
 from build_engine.spec import ModelSpec
-from reward_triton.mapping import Mapping
+from reward_triton.engine.mapping import Mapping
 
 
 # ---------------------------------------------------------------------------------------------- capacity

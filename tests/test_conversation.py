@@ -7,9 +7,9 @@ import json
 import pytest
 from convo import from_turns
 
-from reward_triton import prompt
-from reward_triton.conversation import Conversation, ConversationError, Turn, loads, parse
 from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, PromptTemplate
+from reward_triton.serving import prompt
+from reward_triton.serving.conversation import Conversation, ConversationError, Turn, loads, parse
 
 
 def _render(conv: Conversation) -> str:

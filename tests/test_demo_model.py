@@ -27,9 +27,9 @@ from build_engine.repository import render_repository
 from client.api import RewardClient, Score
 from demo import data
 from demo.train import spearman, wilson_interval
-from reward_triton.conversation import from_nemo
 from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES, RewardMetadata
-from reward_triton.prompt import render
+from reward_triton.serving.conversation import from_nemo
+from reward_triton.serving.prompt import render
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"

@@ -21,11 +21,11 @@ from build_engine.nemo import open_checkpoint
 from demo import data
 from demo.model import TinyConfig, TinyNemotronReward
 from demo.train import DEFAULTS, TOKENIZER_NAME, Trainer, length_groups, main, spearman, tree_digest
-from reward_triton import head
-from reward_triton.conversation import from_nemo
-from reward_triton.engine import TorchEngine
+from reward_triton.engine.model import TorchEngine
 from reward_triton.metadata import NEMOTRON_ATTRIBUTES, RewardMetadata
-from reward_triton.preprocess import Preprocessor
+from reward_triton.serving import head
+from reward_triton.serving.conversation import from_nemo
+from reward_triton.serving.preprocess import Preprocessor
 
 MINI = [
     "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600", "--arith-steps", "3", "--arith-batch", "8",

@@ -1,5 +1,5 @@
 """Multi-node serving: the tensorrtllm-backend repository config and the leader-mode mpirun launcher
-(`reward_triton/launcher.py`)."""
+(`reward_triton/ops/launcher.py`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from production_helpers import ROOT, built_engine, config_340b, parse
 from tritonclient.grpc import model_config_pb2
 
 from build_engine import repository
-from reward_triton import launcher
-from reward_triton.mapping import Mapping
+from reward_triton.engine.mapping import Mapping
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE
+from reward_triton.ops import launcher
 
 
 # ---------------------------------------------------------------------------------------------- repository
@@ -132,6 +132,6 @@ def test_launcher_warns_when_tp_straddles_nodes() -> None:
 def test_slurm_script_uses_the_launcher() -> None:
     text = (ROOT / "scripts" / "slurm_2x8.sbatch").read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --gpus-per-node=8" in text
-    assert "-m reward_triton.launcher --hosts" in text and "--exec" in text
+    assert "-m reward_triton.ops.launcher --hosts" in text and "--exec" in text
     r = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "slurm_2x8.sbatch")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

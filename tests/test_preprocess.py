@@ -10,13 +10,16 @@ import pytest
 import sentencepiece as spm
 from convo import from_turns
 
-from build_engine import fixtures
-from reward_triton import head, prompt
-from reward_triton.conversation import loads
+from reward_triton.engine.stand_in import EngineStage
 from reward_triton.errors import RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
-from reward_triton.preprocess import Preprocessor, Tokenizer
-from reward_triton.stages import REQUESTED_OUTPUTS, EngineStage, Failure, PostprocessStage
+from reward_triton.serving import head, prompt
+from reward_triton.serving.conversation import loads
+from reward_triton.serving.head import PostprocessStage
+from reward_triton.serving.preprocess import Preprocessor, Tokenizer
+from reward_triton.serving.results import Failure
+from reward_triton.serving.triton import REQUESTED_OUTPUTS
+from tooling import fixtures
 
 MAX_LEN = 400
 
@@ -242,7 +245,7 @@ class _FakeEngine:
 
 
 def test_engine_stage_batches_and_validates() -> None:
-    """The stand-in's refusals are the C++ backend's (reward_triton/trtllm_contract.py): its messages, INTERNAL."""
+    """The stand-in's refusals are the C++ backend's (serving/trtllm_contract.py): its messages, INTERNAL."""
     engine = _FakeEngine()
     stage = EngineStage(engine, max_input_len=5, vocab_size=10, exclude_input_in_output=True)
     every = np.array(["output_ids", "sequence_length", "generation_logits"], dtype=object)

@@ -11,7 +11,6 @@ from google.protobuf import text_format
 from production_helpers import built_engine
 from tritonclient.grpc import model_config_pb2
 
-from build_engine import fixtures
 from build_engine.repository import (
     DEFAULT_SOURCE,
     MODELS,
@@ -23,6 +22,7 @@ from build_engine.repository import (
     render_text,
 )
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
+from tooling import fixtures
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def _check_ensemble(configs: dict[str, model_config_pb2.ModelConfig], name: str)
 
 def _check_bls(rm: model_config_pb2.ModelConfig, trt: model_config_pb2.ModelConfig, model_dir: Path) -> None:
     """reward_model: a python BLS model whose per-row engine requests fit the `tensorrt_llm` config as rendered."""
-    from reward_triton.reward_model import ENGINE_INPUTS, ENGINE_MODEL, ENGINE_OUTPUT, ENGINE_REQUESTED_OUTPUTS
+    from reward_triton.serving.reward_model import ENGINE_INPUTS, ENGINE_MODEL, ENGINE_OUTPUT, ENGINE_REQUESTED_OUTPUTS
 
     assert rm.backend == "python" and rm.max_batch_size == 1024 and trt.name == ENGINE_MODEL
     assert rm.parameters["model_dir"].string_value == str(model_dir.resolve())

@@ -25,7 +25,7 @@ from triton_server import (
 )
 from tritonclient.utils import InferenceServerException
 
-from reward_triton.engine import TorchEngine
+from reward_triton.engine.model import TorchEngine
 from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, RewardMetadata
 
 pytestmark = pytest.mark.server
@@ -81,7 +81,7 @@ def _reference(server: RunningServer, cache: dict[Path, Reference]) -> Reference
 
 
 def steerlm(system: str, turns: list[tuple[str, str]]) -> str:
-    """The template written out by hand (docs/formats.md), independent of reward_triton.prompt.render."""
+    """The template written out by hand (docs/formats.md), independent of reward_triton.serving.prompt.render."""
     text = f"<extra_id_0>System\n{system}\n"
     for role, content in turns:
         text += f"<extra_id_1>{'User' if role == 'user' else 'Assistant'}\n{content}\n"
@@ -354,8 +354,8 @@ def test_bad_requests_get_invalid_arg(nemotron: RunningServer, references: dict,
 
 
 def test_engine_refuses_what_the_cpp_backend_refuses(nemotron: RunningServer, references: dict) -> None:
-    """The `tensorrt_llm` model answers as NVIDIA's C++ backend does (reward_triton/trtllm_contract.py): the same
-    refusals, with its messages and status (INTERNAL); and it stays healthy afterwards."""
+    """The `tensorrt_llm` model answers as NVIDIA's C++ backend does (reward_triton/serving/trtllm_contract.py): the
+    same refusals, with its messages and status (INTERNAL); and it stays healthy afterwards."""
     ref = _reference(nemotron, references)
     client = make_client(nemotron)
     ids = ref.ids(steerlm("S", SINGLE))

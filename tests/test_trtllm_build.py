@@ -14,12 +14,13 @@ import pytest
 import torch
 from production_helpers import config_340b, leftovers, standin_trtllm_build
 
-from build_engine import convert, fixtures, trtllm_build
-from build_engine.nemo.writer import write_nemo_checkpoint
-from reward_triton import launcher
-from reward_triton.engine import TorchEngine
-from reward_triton.mapping import Mapping
+from build_engine import convert, trtllm_build
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.model import TorchEngine
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
+from reward_triton.ops import launcher
+from tooling import fixtures
+from tooling.nemo_writer import write_nemo_checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- trtllm-build

@@ -1,4 +1,4 @@
-"""Conformance with NVIDIA's C++ `tensorrtllm` backend, without a GPU (reward_triton/trtllm_contract.py).
+"""Conformance with NVIDIA's C++ `tensorrtllm` backend, without a GPU (reward_triton/serving/trtllm_contract.py).
 
 A converted checkpoint is built by a stand-in `trtllm-build` that writes what the real one writes, the repository
 is rendered for backend tensorrtllm (and torch), every config is parsed with Triton's protobuf schema and checked
@@ -23,12 +23,12 @@ from tritonclient.grpc import model_config_pb2
 
 from build_engine import repository, trtllm_build
 from build_engine.repository import RenderOptions, RepositoryError, config_dict, render_repository
-from reward_triton import trtllm_contract as contract
+from reward_triton.engine.stand_in import EngineStage
 from reward_triton.errors import RequestError
 from reward_triton.metadata import RewardMetadata
-from reward_triton.preprocess import Preprocessor
-from reward_triton.reward_model import ENGINE_REQUESTED_OUTPUTS
-from reward_triton.stages import EngineStage
+from reward_triton.serving import trtllm_contract as contract
+from reward_triton.serving.preprocess import Preprocessor
+from reward_triton.serving.reward_model import ENGINE_REQUESTED_OUTPUTS
 
 BUILT_MAX_INPUT_LEN = 64  # below the checkpoint's own limit: every stage must then say 64
 

@@ -1,4 +1,4 @@
-"""The weight table (reward_triton/weights.py) and the rank-file reader it drives (trtllm_checkpoint.py)."""
+"""The weight table (reward_triton/engine/weights.py) and the rank-file reader it drives (trtllm_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from build_engine import convert, fixtures
+from build_engine import convert
 from build_engine.nemo.legacy import map_legacy_key
-from build_engine.nemo.writer import write_nemo_checkpoint
 from build_engine.spec import ModelSpec, SpecError
-from reward_triton import weights
-from reward_triton.engine import TorchEngine
-from reward_triton.mapping import Mapping, MappingError
-from reward_triton.trtllm_checkpoint import CheckpointFormatError
+from reward_triton.engine import weights
+from reward_triton.engine.checkpoint import CheckpointFormatError
+from reward_triton.engine.mapping import Mapping, MappingError
+from reward_triton.engine.model import TorchEngine
+from tooling import fixtures
+from tooling.nemo_writer import write_nemo_checkpoint
 
 
 def test_every_legacy_key_maps_back_to_its_row() -> None:

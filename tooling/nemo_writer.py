@@ -2,10 +2,10 @@
 
 The reader of the same formats is `build_engine/nemo/source.py`; the layouts are in docs/formats.md. Tensors are
 canonical (stacked [L, ...] for layer tensors) and sharded exactly as Megatron shards them, by the weight table
-(`reward_triton/weights.py`): split on `nemo_split` (dim 0 column-parallel, dim 1 row-parallel), replicated
+(`reward_triton/engine/weights.py`): split on `nemo_split` (dim 0 column-parallel, dim 1 row-parallel), replicated
 tensors saved once; qkv shards are whole query groups; a gated fc1 ([act; up]) is cut into 2*tp row chunks in the
 dist formats and [act_r; up_r] per rank in legacy rank files, which also replicate the reward head.
-Used by the demo model's training script and by the test fixtures (`build_engine/fixtures.py`).
+Used by the demo model's training script and by the test fixtures (`tooling/fixtures.py`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import yaml
 
 from build_engine.atomic import atomic_directory, atomic_file, partial_directory
 from build_engine.nemo.legacy import CKPT_NAME
-from reward_triton.mapping import Mapping
-from reward_triton.weights import BY_NAME, EMBEDDING, FC1, HEAD_W, OUTPUT, is_gated, is_layer, nemo_split
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.weights import BY_NAME, EMBEDDING, FC1, HEAD_W, OUTPUT, is_gated, is_layer, nemo_split
 
 Format = Literal["zarr", "torch_dist", "legacy"]
 FORMATS: tuple[str, ...] = ("zarr", "torch_dist", "legacy")

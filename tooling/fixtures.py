@@ -1,8 +1,8 @@
 """Tiny, deterministic NeMo reward-model checkpoints for tests and benchmarks (random weights, real layouts).
 
-    python -m build_engine.fixtures --arch nemotron --format zarr --out DIR [--tar]
+    python -m tooling.fixtures --arch nemotron --format zarr --out DIR [--tar]
 
-`write_fixture` = `train_tokenizer` + `fixture_config` + `fixture_tensors` + `build_engine.nemo.writer`'s
+`write_fixture` = `train_tokenizer` + `fixture_config` + `fixture_tensors` + `tooling.nemo_writer`'s
 `write_nemo_checkpoint` (which shards the tensors as Megatron does).
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from build_engine.atomic import atomic_file
-from build_engine.nemo.writer import FORMATS, Format, model_config, write_nemo_checkpoint
-from reward_triton import weights as wt
-from reward_triton.weights import is_gated
+from reward_triton.engine import weights as wt
+from reward_triton.engine.weights import is_gated
+from tooling.nemo_writer import FORMATS, Format, model_config, write_nemo_checkpoint
 
 ARCHS: tuple[str, ...] = ("nemotron", "llama")
 USER_SYMBOLS = ("<extra_id_0>", "<extra_id_1>", "<extra_id_2>", "\n")

@@ -1,6 +1,6 @@
 """Leader-mode launcher for multi-GPU / multi-node serving: one `tritonserver` per engine rank under `mpirun` (MPMD).
 
-    python -m reward_triton.launcher --hosts node1:8,node2:8 --model-repository model_repository [--exec]
+    python -m reward_triton.ops.launcher --hosts node1:8,node2:8 --model-repository model_repository [--exec]
 
 MPI rank 0 (the leader, on the first host) serves HTTP/gRPC/metrics and runs the whole ensemble; ranks > 0 load
 only `tensorrt_llm` (explicit model control) with every endpoint off, and take part in the engine's TP/PP
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reward_triton.mapping import Mapping, MappingError
-from reward_triton.supervisor import RESTART_ENV
+from reward_triton.engine.mapping import Mapping, MappingError
+from reward_triton.ops.supervisor import RESTART_ENV
 
 ENGINE_MODEL = "tensorrt_llm"
 
@@ -230,9 +230,9 @@ def openai_command(hosts: Sequence[Host] | None, opts: LaunchOptions) -> list[st
 
 
 def run_supervised(cmd: list[str], leader_http: str, gateway_cmd: list[str] | None = None) -> int:
-    """Run mpirun under `reward_triton.supervisor` (restarted whole when it fails after having served, e.g. a rank
+    """Run mpirun under `reward_triton.ops.supervisor` (restarted whole when it fails after having served, e.g. a rank
     whose stub died), with the gateway beside it when asked; mpirun's status once it is stopped."""
-    from reward_triton.supervisor import Supervisor
+    from reward_triton.ops.supervisor import Supervisor
 
     job = Supervisor(cmd, dict(os.environ), endpoint=leader_http, watch_stubs=False)
     if gateway_cmd is None:
@@ -270,7 +270,7 @@ def plan(
 def parser() -> argparse.ArgumentParser:
     d = LaunchOptions()
     p = argparse.ArgumentParser(
-        prog="python -m reward_triton.launcher",
+        prog="python -m reward_triton.ops.launcher",
         description="Serve a TP×PP TensorRT-LLM engine with one tritonserver per GPU rank (leader mode, mpirun MPMD).",
     )
     where = p.add_mutually_exclusive_group()

@@ -1,8 +1,8 @@
 """A larger random-weight fixture for `make perf`: hidden 512, 8 layers (the CPU engine's benchmark shape).
 
-    python -m build_engine.bench_fixture --arch nemotron --out build/fixture-large-nemotron
+    python -m tooling.bench_fixture --arch nemotron --out build/fixture-large-nemotron
 
-Same writer as `build_engine.fixtures` (real NeMo zarr layout, bf16, sentencepiece tokenizer), only the shape is
+Same writer as `tooling.fixtures` (real NeMo zarr layout, bf16, sentencepiece tokenizer), only the shape is
 larger: Nemotron-shaped GQA 16 heads / 4 groups, squared-ReLU, FFN 2048; Llama-shaped MHA 16 heads, SwiGLU 1376.
 """
 
@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from build_engine import fixtures
-from build_engine.nemo.writer import write_nemo_checkpoint
+from tooling import fixtures
+from tooling.nemo_writer import write_nemo_checkpoint
 
 
 def large_spec(arch: str, hidden: int = 512, layers: int = 8, seq_length: int = 512) -> fixtures.FixtureSpec:
@@ -33,7 +33,7 @@ def large_spec(arch: str, hidden: int = 512, layers: int = 8, seq_length: int = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m build_engine.bench_fixture", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tooling.bench_fixture", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=fixtures.ARCHS, default="nemotron")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--hidden", type=int, default=512)

@@ -1,81 +1,30 @@
-"""The Triton side of the ensemble's stages: pb_utils requests → numpy inputs → each stage's `run` → responses.
+"""The `tensorrt_llm` model on CPU: the PyTorch engine behind the contract of NVIDIA's C++ `tensorrtllm` backend.
 
-`execute(pb, stage, requests)` is what every model.py calls (`pb` is `triton_python_backend_utils`, passed in, so
-everything here is testable without a Triton process). A stage's `run(batch)` takes one dict of input arrays per
-request (absent optional inputs are None; arrays keep Triton's leading batch dim of 1) and returns, per request, a
-dict of output arrays or a `Failure` (below: INVALID_ARG or INTERNAL for that request only).
-Whatever one request does, it gets its own result: every request runs under `guarded`, and a failed batched
-engine forward is retried one sequence at a time so that only the sequence that fails gets the error.
-
-Stages: preprocessing is `reward_triton.preprocess.Preprocessor`; `EngineStage` (the `tensorrt_llm` contract on
-the PyTorch engine) and `PostprocessStage` (logits → scores and reward, `reward_triton.head`) are here.
+It refuses what the C++ backend refuses, with the backend's messages and status (reward_triton.serving.trtllm_contract),
+so that a caller that works here works in the container. Served by model_repository/tensorrt_llm/1/model.py when the
+repository is rendered with BACKEND=torch.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 
-from reward_triton import head, model_config
-from reward_triton import trtllm_contract as contract
+from reward_triton import model_config
 from reward_triton.errors import RequestError, ServerFault
 from reward_triton.metadata import RewardMetadata
+from reward_triton.serving import trtllm_contract as contract
+from reward_triton.serving.results import Failure, Inputs, Result, guarded
+from reward_triton.serving.triton import REQUESTED_OUTPUTS
 
 log = logging.getLogger("reward_triton")
-T = TypeVar("T")
-
-
-# ---- per-request results -----------------------------------------------------------------------------------------
-# A stage's `run` returns, per request, either its output tensors or a `Failure` (the kind and the message, without
-# the exception and its traceback: a traceback would keep the request's tensors alive until the cyclic garbage
-# collector runs, which for large requests is what made memory grow).
-@dataclass(frozen=True)
-class Failure:
-    message: str
-    invalid_request: bool  # True: INVALID_ARG (the client's mistake); False: INTERNAL (ours)
-    retryable: bool = False  # UNAVAILABLE: the server is busy or restarting, the same request may succeed later
-
-    @classmethod
-    def of(cls, error: BaseException) -> Failure:
-        if isinstance(error, RequestError):
-            return cls(str(error), True)
-        if isinstance(error, ServerFault):
-            return cls(str(error), False)
-        return cls(f"internal error: {type(error).__name__}: {error}", False)
-
-
-def guarded(fn: Callable[[], T]) -> T | Failure:
-    """`fn()`, or the Failure that its exception means. Unexpected exceptions are logged with their traceback."""
-    try:
-        return fn()
-    except (RequestError, ServerFault) as e:
-        return Failure.of(e)
-    except Exception as e:
-        log.exception("request failed with an unexpected error")
-        return Failure.of(e)
-
-
-Inputs = Mapping[str, np.ndarray | None]
-# The key under which `read_inputs` passes the names of the outputs a request asked for, to a stage that sets
-# `reads_requested_outputs` (Triton fills in every output when a request names none).
-REQUESTED_OUTPUTS = "requested_output_names"
 ALL_ENGINE_OUTPUTS = tuple(spec.name for spec in contract.OUTPUTS)
-Outputs = dict[str, np.ndarray]
-Result = Outputs | Failure
-
-
-class Stage(Protocol):
-    input_names: tuple[str, ...]
-
-    def run(self, batch: Sequence[Inputs]) -> list[Result]: ...
 
 
 def _scalar(name: str, array: np.ndarray | None, default: Any, dtype: type) -> Any:
@@ -87,39 +36,8 @@ def _scalar(name: str, array: np.ndarray | None, default: Any, dtype: type) -> A
     return dtype(flat[0])
 
 
-class PostprocessStage:
-    # output_ids / sequence_length: the engine fills them in every response and the ensemble must consume what it
-    # maps; they confirm that the engine generated the reward position.
-    input_names = ("generation_logits", "output_ids", "sequence_length")
-
-    def __init__(self, model_dir: str | os.PathLike[str]):
-        self.meta = RewardMetadata.load(model_dir)
-
-    def scores_of(self, logits: np.ndarray) -> np.ndarray:
-        """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
-        the reward position. A head that does not fit the engine's logits is a server fault (head.HeadError)."""
-        arr = np.asarray(logits, dtype=np.float32)
-        if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
-            raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")
-        last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
-        return head.scores(last, self.meta)
-
-    def _one(self, inputs: Inputs) -> Outputs:
-        logits = inputs.get("generation_logits")
-        if logits is None:
-            raise RequestError("input 'generation_logits' is missing")
-        lengths = inputs.get("sequence_length")
-        if lengths is not None and (np.asarray(lengths).size == 0 or int(np.asarray(lengths).min()) < 1):
-            raise ServerFault(f"the engine generated no position (sequence_length {np.asarray(lengths).tolist()})")
-        s = self.scores_of(logits)
-        return {"scores": s, "reward": head.reward(s, self.meta)[:, None]}
-
-    def run(self, batch: Sequence[Inputs]) -> list[Result]:
-        return [guarded(lambda inputs=inputs: self._one(inputs)) for inputs in batch]
-
-
 class EngineStage:
-    """The `tensorrt_llm` contract (`reward_triton.trtllm_contract`) served by the PyTorch engine: one batched
+    """The `tensorrt_llm` contract (`reward_triton.serving.trtllm_contract`) served by the PyTorch engine: one batched
     forward per `run`. It refuses what NVIDIA's C++ backend refuses, with the backend's messages and status
     (INTERNAL), so that a caller that works here works in the container; what it cannot do that the C++ backend
     can (more than one output position, context logits, decoupled mode) it refuses as a server fault too."""
@@ -169,8 +87,8 @@ class EngineStage:
     ) -> EngineStage:
         import torch
 
-        from reward_triton.dtypes import parse_dtype
-        from reward_triton.engine import TorchEngine
+        from reward_triton.engine.dtypes import parse_dtype
+        from reward_triton.engine.model import TorchEngine
 
         if num_threads > 0:
             torch.set_num_threads(num_threads)
@@ -267,54 +185,3 @@ class EngineStage:
                 result["generation_logits"] = row.reshape(1, 1, 1, -1).astype(np.float32)  # [1, beams, out_len, V]
             out[i] = {k: v for k, v in result.items() if k in requested}
         return out
-
-
-# ---- pb_utils ↔ numpy -------------------------------------------------------------------------------------------
-def parameters(args: dict[str, Any]) -> dict[str, str]:
-    """`initialize(args)` → the model config's parameters as {key: string_value}."""
-    return model_config.parameters(json.loads(args["model_config"]))
-
-
-def require(params: dict[str, str], key: str) -> str:
-    value = params.get(key, "")
-    if not value or value.startswith("${"):
-        raise ValueError(f"model config parameter '{key}' is not set (render the repository with `make engine`)")
-    return value
-
-
-def read_inputs(pb: Any, stage: Any, request: Any) -> Inputs:
-    """The request's tensors named in `stage.input_names` (None for an absent optional input)."""
-    inputs = {}
-    for name in stage.input_names:
-        tensor = pb.get_input_tensor_by_name(request, name)
-        inputs[name] = None if tensor is None else tensor.as_numpy()
-    if getattr(stage, "reads_requested_outputs", False):
-        inputs[REQUESTED_OUTPUTS] = np.asarray(list(request.requested_output_names()), dtype=object)
-    return inputs
-
-
-def error_response(pb: Any, failure: Failure) -> Any:
-    code = pb.TritonError.INVALID_ARG if failure.invalid_request else pb.TritonError.INTERNAL
-    if failure.retryable:
-        code = getattr(pb.TritonError, "UNAVAILABLE", code)
-    return pb.InferenceResponse(error=pb.TritonError(failure.message, code))
-
-
-def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
-    """One response per request, each with its own result or its own error (`reward_triton.errors`)."""
-    read = [guarded(lambda r=r: read_inputs(pb, stage, r)) for r in requests]
-    batch = [inputs for inputs in read if not isinstance(inputs, Failure)]
-    try:
-        results = iter(stage.run(batch))
-    except Exception as e:  # a stage isolates its requests itself; this is a bug in the stage
-        log.exception("stage %s failed on a batch of %d", type(stage).__name__, len(batch))
-        failure = Failure.of(e)
-        results = iter([failure] * len(batch))
-    responses = []
-    for inputs in read:
-        result = inputs if isinstance(inputs, Failure) else next(results)
-        if isinstance(result, Failure):
-            responses.append(error_response(pb, result))
-        else:
-            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()]))
-    return responses

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from reward_triton.errors import RequestError
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
-from reward_triton.stages import Failure, Inputs, Outputs, PostprocessStage, error_response, guarded, read_inputs
-from reward_triton.trtllm_contract import CALLER_OUTPUTS
+from reward_triton.serving.head import PostprocessStage
+from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
+from reward_triton.serving.results import Failure, Inputs, Outputs, guarded
+from reward_triton.serving.triton import error_response, read_inputs
+from reward_triton.serving.trtllm_contract import CALLER_OUTPUTS
 
 ENGINE_MODEL = "tensorrt_llm"
 ENGINE_INPUTS = ("input_ids", "input_lengths", "request_output_len", "return_generation_logits")

@@ -1,8 +1,8 @@
 """The `tensorrt_llm` model contract: what NVIDIA's C++ `tensorrtllm` backend accepts, written down once.
 
 Both renderings of the `tensorrt_llm` model follow it: `config.tensorrtllm.pbtxt.in` (the C++ backend, GPU) and
-`config.torch.pbtxt.in` (the PyTorch stand-in, `reward_triton.stages.EngineStage`). The stand-in refuses what the
-C++ backend refuses, with the backend's own messages and status, so that what passes on CPU passes in the
+`config.torch.pbtxt.in` (the PyTorch stand-in, `reward_triton.engine.stand_in.EngineStage`). The stand-in refuses
+what the C++ backend refuses, with the backend's own messages and status, so that what passes on CPU passes in the
 container. Every caller of `tensorrt_llm` (the ensemble's step, `reward_model`'s BLS requests, perf data) asks for
 `CALLER_OUTPUTS`; `build_engine.repository` checks each rendered config against `check_model_config` before it
 writes anything, and the conformance tests check both renderings with it.
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward_triton import dtypes, model_config
-from reward_triton import mapping as parallel
+from reward_triton import model_config
+from reward_triton.engine import dtypes
+from reward_triton.engine import mapping as parallel
 from reward_triton.errors import ServerFault
 
 # ---- the backend's messages (verbatim) ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`make perf`: perf_analyzer against the `ensemble`, `tensorrt_llm` alone and `reward_model`'s fan-out.
 
-    python -m reward_triton.perf install              # perf_analyzer into the virtualenv (idempotent)
-    python -m reward_triton.perf run [--repository model_repository] [--concurrency 1,2,4,8,16]
+    python -m tooling.perf install              # perf_analyzer into the virtualenv (idempotent)
+    python -m tooling.perf run [--repository model_repository] [--concurrency 1,2,4,8,16]
 
 `run` starts a tritonserver on free local ports for the rendered repository (or uses `--url`), writes input data
 for both models from the same conversations (the engine gets the token ids the preprocessing stage would make),
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from reward_triton.errors import RequestError
-from reward_triton.preprocess import Preprocessor
+from reward_triton.serving.preprocess import Preprocessor
 
 PA_WHEEL = "tritonclient==2.41.0"
 PA_MEMBER = "tritonclient-2.41.0.data/data/bin/perf_analyzer"
@@ -300,7 +300,7 @@ def _model_dir(repository: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reward_triton.server import ServerProcess
+    from reward_triton.ops.server import ServerProcess
 
     repository = Path(args.repository).resolve()
     binary = Path(args.perf_analyzer)
@@ -364,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reward_triton.perf", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tooling.perf", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("install", help="install perf_analyzer into the virtualenv")
     r = sub.add_parser("run", help="measure ensemble vs tensorrt_llm")

@@ -1,8 +1,8 @@
 """Engine speed against Hugging Face on the same random weights, same device, same dtype, same threads.
 
-    python -m reward_triton.bench_engine --device cpu --preset cpu-nemotron,cpu-llama --dtype float32,bfloat16
-    python -m reward_triton.bench_engine --device cuda --preset llama2-13b --seq-lens 128:4096:256 --json out.json
-    python -m reward_triton.bench_engine --device cuda --preset nemotron-340b-slice --layers 4 --json out.json
+    python -m tooling.bench_engine --device cpu --preset cpu-nemotron,cpu-llama --dtype float32,bfloat16
+    python -m tooling.bench_engine --device cuda --preset llama2-13b --seq-lens 128:4096:256 --json out.json
+    python -m tooling.bench_engine --device cuda --preset nemotron-340b-slice --layers 4 --json out.json
 
 Random weights (seeded, rounded to bf16 like a converted bf16 checkpoint; no downloads) are built in the engine's
 own layout; the Hugging Face model (`NemotronModel` / `LlamaModel`, SDPA attention) is assembled on the meta device
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from reward_triton.engine import EngineConfig, Layer, Norm, TorchEngine, Weights, parse_dtype
+from reward_triton.engine.model import EngineConfig, Layer, Norm, TorchEngine, Weights, parse_dtype
 
 H100_BF16_DENSE_TFLOPS = 989.0
 GOALS = {"float32": 1.0, "bfloat16": 1.2}  # CPU: engine tokens/s over HF one by one, same dtype and threads
@@ -397,7 +397,7 @@ def format_result(r: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reward_triton.bench_engine", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tooling.bench_engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--preset", default="cpu-nemotron,cpu-llama", help=f"comma list of {', '.join(PRESETS)}")
     p.add_argument("--dtype", default=None, help="comma list (default: float32,bfloat16 on cpu, bfloat16 on cuda)")

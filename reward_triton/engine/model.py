@@ -1,6 +1,6 @@
 """PyTorch reference engine for a TensorRT-LLM reward checkpoint (the CPU stand-in for the TRT-LLM engine).
 
-The rank files are joined into whole, typed weights by `reward_triton/trtllm_checkpoint.py` (by the weight
+The rank files are joined into whole, typed weights by `reward_triton/engine/checkpoint.py` (by the weight
 table's join rules); this file is only the model: the math TensorRT-LLM applies to that checkpoint
 (GPTForCausalLM / LlamaForCausalLM): pre-norm decoder, NeoX rotary on the first `rotary_pct` of each head, causal
 GQA attention, squared-relu / gelu / SwiGLU MLP, final norm, lm_head on the LAST token only. Sequences are packed
@@ -30,9 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from reward_triton.dtypes import parse_dtype
-from reward_triton.trtllm_checkpoint import EngineConfig, RankFiles, checkpoint_dtype
-from reward_triton.weights import EMBEDDING, FC1, FC2, HEAD_W, LN1_B, LN1_W, LN2_B, LN2_W, LNF_B, LNF_W, PROJ, QKV
+from reward_triton.engine.checkpoint import EngineConfig, RankFiles, checkpoint_dtype
+from reward_triton.engine.dtypes import parse_dtype
+from reward_triton.engine.weights import (
+    EMBEDDING,
+    FC1,
+    FC2,
+    HEAD_W,
+    LN1_B,
+    LN1_W,
+    LN2_B,
+    LN2_W,
+    LNF_B,
+    LNF_W,
+    PROJ,
+    QKV,
+)
 
 __all__ = ["EngineConfig", "Layer", "Norm", "TorchEngine", "Weights", "checkpoint_dtype", "parse_dtype"]
 

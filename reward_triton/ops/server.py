@@ -30,12 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reward_triton.supervisor import default_shm_prefix, shm_prefix, supervise
+from reward_triton.ops.supervisor import default_shm_prefix, shm_prefix, supervise
 
 REAL_TRITON = Path("/opt/tritonserver/bin/tritonserver")
 OVERRIDE_ENV = "REWARD_TRITON_SERVER"
 MMAP_THRESHOLD = 1 << 20
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServerStartError(RuntimeError):
@@ -139,7 +139,7 @@ def bounded_memory(args: list[str], env: dict[str, str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`tritonserver ARGS`: the server under `reward_triton.supervisor` (restarts it when it or a stub dies)."""
+    """`tritonserver ARGS`: the server under `reward_triton.ops.supervisor` (restarts it when it or a stub dies)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cmd, env = server_command(args)
@@ -197,7 +197,7 @@ class ServerProcess:
         """Start and wait until every model is ready; on a port taken meanwhile, retry on fresh ports."""
         for attempt in range(attempts):
             # Through the entry point itself: proc is the supervisor, the server runs as its child.
-            cmd = [sys.executable, "-m", "reward_triton.server", *self.args()]
+            cmd = [sys.executable, "-m", "reward_triton.ops.server", *self.args()]
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from build_engine import fixtures
-from build_engine.nemo.writer import write_nemo_checkpoint
+from tooling import fixtures
+from tooling.nemo_writer import write_nemo_checkpoint
 
 
 def _dir_bytes(path: Path) -> int:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         src = work / "synthetic"
-        gen = [sys.executable, "-m", "build_engine.bench", "--layers", str(a.layers), "--generate-only", str(src)]
+        gen = [sys.executable, "-m", "tooling.bench_convert", "--layers", str(a.layers), "--generate-only", str(src)]
         subprocess.run(gen, check=True)
         weights = src / "model_weights"
         nbytes = _dir_bytes(weights)

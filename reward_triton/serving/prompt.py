@@ -8,8 +8,8 @@ the default system prompt come from the checkpoint's metadata (`RewardMetadata.t
 
 from __future__ import annotations
 
-from reward_triton.conversation import Conversation
 from reward_triton.metadata import PromptTemplate
+from reward_triton.serving.conversation import Conversation
 
 
 def render(conv: Conversation, template: PromptTemplate, default_system: str) -> str:

@@ -1,7 +1,8 @@
 """Preprocessing stage: one request's input tensors → the engine's token ids, or a RequestError (INVALID_ARG).
 
 Inputs (one of the first three; all BYTES with one element per request):
-- `conversation`: JSON, OpenAI or NeMo form (`reward_triton.conversation`), rendered with the metadata's template;
+- `conversation`: JSON, OpenAI or NeMo form (`reward_triton.serving.conversation`), rendered with the metadata's
+  template;
 - `text`: an already templated string;
 - `sentences`: NeMo-Aligner compatibility: already templated, silently truncated to the first max_input_len tokens
   (reported through `exceeded`), as NeMo-Aligner's own server does.
@@ -20,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from reward_triton import prompt
-from reward_triton.conversation import Conversation, ConversationError, loads
 from reward_triton.errors import RequestError
 from reward_triton.metadata import RewardMetadata
-from reward_triton.stages import Failure, guarded
+from reward_triton.serving import prompt
+from reward_triton.serving.conversation import Conversation, ConversationError, loads
+from reward_triton.serving.results import Failure, guarded
 
 TEXT_INPUTS = ("conversation", "text", "sentences")
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20

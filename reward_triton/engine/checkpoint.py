@@ -1,5 +1,5 @@
 """Read a TensorRT-LLM checkpoint (docs/formats.md): `config.json` and the `rank{N}.safetensors` files joined into
-whole tensors by the weight table's rules (reward_triton/weights.py), for the PyTorch engine.
+whole tensors by the weight table's rules (reward_triton/engine/weights.py), for the PyTorch engine.
 
 A tensor the table expects for this architecture but a rank file lacks is an error naming the tensor and the file.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from reward_triton.dtypes import lookup
-from reward_triton.mapping import Mapping
-from reward_triton.weights import BY_NAME, Arch, Rule, TPLayout, engine_rows, is_gated, join
+from reward_triton.engine.dtypes import lookup
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.weights import BY_NAME, Arch, Rule, TPLayout, engine_rows, is_gated, join
 
 
 class CheckpointFormatError(ValueError):

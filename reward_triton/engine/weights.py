@@ -5,9 +5,9 @@ pre-mcore (legacy) NeMo rank files, how Megatron shards it over tensor-parallel 
 TensorRT-LLM name and the rule by which the converter cuts it per TensorRT-LLM rank (and the engine joins the
 rank files back). Every reader and writer is driven by this table:
 - `build_engine/nemo/legacy.py` maps legacy keys to canonical names (`LEGACY`);
-- `build_engine/nemo/writer.py` shards canonical tensors as NeMo does (`Weight.nemo_split`, `legacy`);
+- `tooling/nemo_writer.py` shards canonical tensors as NeMo does (`Weight.nemo_split`, `legacy`);
 - `build_engine/convert.py` cuts each rank file (`engine_rows`: which rows this architecture has, by which `Rule`);
-- `reward_triton/trtllm_checkpoint.py` joins the rank files into whole tensors (`join`).
+- `reward_triton/engine/checkpoint.py` joins the rank files into whole tensors (`join`).
 Adding an architecture variant is adding a row (with the `Needs` that selects it). The table sits in the runtime
 package because the serving engine reads rank files by it, and the runtime never imports `build_engine`.
 
