@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from reward_triton.engine.mapping import Mapping
 from reward_triton.engine.model import EngineConfig, Layer, Norm, TorchEngine, Weights, parse_dtype
 
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -70,8 +71,7 @@ class Shape:
             norm_eps=self.norm_eps,
             rotary_dim=int(self.head_dim * self.rotary_pct),
             rotary_base=self.rotary_base,
-            tp=1,
-            pp=1,
+            mapping=Mapping(1, 1),
             compact_head=True,
             parallel_embedding=False,
         )
