@@ -140,7 +140,8 @@ class EngineStage:
         gen_logits = _scalar("return_generation_logits", inputs.get("return_generation_logits"), False, bool)
         asked = inputs.get(REQUESTED_OUTPUTS)
         requested = tuple(str(n) for n in asked) if asked is not None and len(asked) else ALL_ENGINE_OUTPUTS
-        contract.check_requested_outputs(requested)
+        if not all(name in requested for name in contract.REQUIRED_OUTPUTS):
+            contract.check_requested_outputs(requested)  # raises the backend's own error
         return seq.tolist(), self.exclude_input_in_output if exclude is None else exclude, gen_logits, requested
 
     def _forward(self, seqs: list[list[int]]) -> np.ndarray:
@@ -164,10 +165,11 @@ class EngineStage:
         out: list[Result] = []
         valid: list[tuple[int, list[int], bool, bool, tuple[str, ...]]] = []
         for i, inputs in enumerate(batch):
-            checked = guarded(lambda inputs=inputs: self._validate(inputs))
-            out.append(checked if isinstance(checked, Failure) else {})
-            if not isinstance(checked, Failure):
-                valid.append((i, *checked))
+            try:
+                valid.append((i, *self._validate(inputs)))
+                out.append({})
+            except Exception as e:
+                out.append(Failure.caught(e))
         if not valid:
             return out
         rows = self._logits([seq for _, seq, *_ in valid])
@@ -183,5 +185,8 @@ class EngineStage:
             }
             if gen_logits:
                 result["generation_logits"] = row.reshape(1, 1, 1, -1).astype(np.float32)  # [1, beams, out_len, V]
-            out[i] = {k: v for k, v in result.items() if k in requested}
+            for name in tuple(result):
+                if name not in requested:
+                    del result[name]
+            out[i] = result
         return out

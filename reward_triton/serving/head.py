@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from reward_triton.errors import RequestError, ServerFault
 from reward_triton.metadata import RewardMetadata
-from reward_triton.serving.results import Inputs, Outputs, Result, guarded
+from reward_triton.serving.results import Failure, Inputs, Outputs, Result
 
 
 class HeadError(ServerFault):
@@ -25,22 +25,30 @@ class HeadError(ServerFault):
 def scores(logits: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:
     """[..., Vout] → [..., K] float32: logits[..., :K] + head_bias (checkpoint attribute order); the leading dims
     are kept (engine output [B, Vout], or Triton's generation_logits [B, beams, out_len, Vout])."""
+    return _scores(logits, np.asarray(meta.head_bias, dtype=np.float32))
+
+
+def reward(attribute_scores: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:
+    """[..., K] → [...] float32: the metadata's scalar weights dotted with the scores."""
+    return _reward(attribute_scores, np.asarray(meta.scalar_weights, dtype=np.float32))
+
+
+def _scores(logits: npt.ArrayLike, bias: np.ndarray) -> np.ndarray:
     arr = np.asarray(logits, dtype=np.float32)
-    k = meta.num_attributes
+    k = bias.shape[0]
     if arr.ndim == 0 or arr.shape[-1] < k:
         raise HeadError(f"logits have shape {list(arr.shape)}, need a last dimension of at least {k} (the head)")
     head = arr[..., :k]
     if not np.isfinite(head).all():
         raise HeadError("the engine returned non-finite reward logits (NaN or Inf)")
-    return head + np.asarray(meta.head_bias, dtype=np.float32)
+    return head + bias
 
 
-def reward(attribute_scores: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:
-    """[..., K] → [...] float32: the metadata's scalar weights dotted with the scores."""
+def _reward(attribute_scores: npt.ArrayLike, weights: np.ndarray) -> np.ndarray:
     arr = np.asarray(attribute_scores, dtype=np.float32)
-    if arr.ndim == 0 or arr.shape[-1] != meta.num_attributes:
-        raise HeadError(f"scores have shape {list(arr.shape)}, expected [..., {meta.num_attributes}]")
-    return (arr @ np.asarray(meta.scalar_weights, dtype=np.float32)).astype(np.float32)
+    if arr.ndim == 0 or arr.shape[-1] != weights.shape[0]:
+        raise HeadError(f"scores have shape {list(arr.shape)}, expected [..., {weights.shape[0]}]")
+    return (arr @ weights).astype(np.float32)
 
 
 class PostprocessStage:
@@ -50,6 +58,8 @@ class PostprocessStage:
 
     def __init__(self, model_dir: str | os.PathLike[str]):
         self.meta = RewardMetadata.load(model_dir)
+        self.bias = np.asarray(self.meta.head_bias, dtype=np.float32)
+        self.weights = np.asarray(self.meta.scalar_weights, dtype=np.float32)
 
     def scores_of(self, logits: np.ndarray) -> np.ndarray:
         """`generation_logits` [1, beams, out_len, V] → scores [1, K]: the first beam's first generated position is
@@ -58,7 +68,7 @@ class PostprocessStage:
         if arr.ndim == 0 or arr.size == 0:  # the engine's output (e.g. built without generation logits)
             raise ServerFault(f"'generation_logits' has shape {list(arr.shape)}: the engine returned no logits")
         last = arr.reshape(arr.shape[0], -1, arr.shape[-1])[:, 0, :] if arr.ndim >= 2 else arr[None]
-        return scores(last, self.meta)
+        return _scores(last, self.bias)
 
     def _one(self, inputs: Inputs) -> Outputs:
         logits = inputs.get("generation_logits")
@@ -68,7 +78,13 @@ class PostprocessStage:
         if lengths is not None and (np.asarray(lengths).size == 0 or int(np.asarray(lengths).min()) < 1):
             raise ServerFault(f"the engine generated no position (sequence_length {np.asarray(lengths).tolist()})")
         s = self.scores_of(logits)
-        return {"scores": s, "reward": reward(s, self.meta)[:, None]}
+        return {"scores": s, "reward": _reward(s, self.weights)[:, None]}
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
-        return [guarded(lambda inputs=inputs: self._one(inputs)) for inputs in batch]
+        out: list[Result] = []
+        for inputs in batch:
+            try:
+                out.append(self._one(inputs))
+            except Exception as e:
+                out.append(Failure.caught(e))
+        return out

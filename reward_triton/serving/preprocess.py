@@ -25,7 +25,7 @@ from reward_triton.errors import RequestError
 from reward_triton.metadata import RewardMetadata
 from reward_triton.serving import prompt
 from reward_triton.serving.conversation import Conversation, ConversationError, loads
-from reward_triton.serving.results import Failure, guarded
+from reward_triton.serving.results import Failure
 
 TEXT_INPUTS = ("conversation", "text", "sentences")
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
@@ -108,7 +108,13 @@ class Preprocessor:
         return cls(meta, Tokenizer.from_metadata(directory, meta), max_request_bytes)
 
     def run(self, batch: Sequence[Mapping[str, np.ndarray | None]]) -> list[dict[str, np.ndarray] | Failure]:
-        return [guarded(lambda inputs=inputs: self.prepare(inputs).tensors()) for inputs in batch]
+        out: list[dict[str, np.ndarray] | Failure] = []
+        for inputs in batch:
+            try:
+                out.append(self.prepare(inputs).tensors())
+            except Exception as e:
+                out.append(Failure.caught(e))
+        return out
 
     # ---- one decoded input ----
     def _render(self, conv: Conversation) -> str:

@@ -38,16 +38,22 @@ class Failure:
             return cls(str(error), False)
         return cls(f"internal error: {type(error).__name__}: {error}", False)
 
+    @classmethod
+    def caught(cls, error: BaseException) -> Failure:
+        """In an `except` block: the Failure `error` means; an unexpected one is logged with its traceback. The
+        stages catch per request inline (`except Exception as e: out.append(Failure.caught(e))`), so that a request
+        that succeeds makes no call here."""
+        if not isinstance(error, (RequestError, ServerFault)):
+            log.exception("request failed with an unexpected error")
+        return cls.of(error)
+
 
 def guarded(fn: Callable[[], T]) -> T | Failure:
-    """`fn()`, or the Failure that its exception means. Unexpected exceptions are logged with their traceback."""
+    """`fn()`, or the Failure that its exception means (`Failure.caught`)."""
     try:
         return fn()
-    except (RequestError, ServerFault) as e:
-        return Failure.of(e)
     except Exception as e:
-        log.exception("request failed with an unexpected error")
-        return Failure.of(e)
+        return Failure.caught(e)
 
 
 Inputs = Mapping[str, np.ndarray | None]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from reward_triton import model_config
-from reward_triton.serving.results import Failure, Inputs, Stage, guarded
+from reward_triton.serving.results import Failure, Inputs, Stage
 
 log = logging.getLogger("reward_triton")
 # The key under which `read_inputs` passes the names of the outputs a request asked for, to a stage that sets
@@ -55,20 +55,30 @@ def error_response(pb: Any, failure: Failure) -> Any:
 
 
 def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
-    """One response per request, each with its own result or its own error (`reward_triton.errors`)."""
-    read = [guarded(lambda r=r: read_inputs(pb, stage, r)) for r in requests]
-    batch = [inputs for inputs in read if not isinstance(inputs, Failure)]
+    """One response per request, each with its own result or its own error (`reward_triton.errors`). Plain loops:
+    a request that succeeds goes adapter → stage → adapter without detours."""
+    read: list[Inputs | Failure] = []
+    batch: list[Inputs] = []
+    for request in requests:
+        try:
+            inputs: Inputs | Failure = read_inputs(pb, stage, request)
+            batch.append(inputs)
+        except Exception as e:
+            inputs = Failure.caught(e)
+        read.append(inputs)
     try:
         results = iter(stage.run(batch))
     except Exception as e:  # a stage isolates its requests itself; this is a bug in the stage
         log.exception("stage %s failed on a batch of %d", type(stage).__name__, len(batch))
-        failure = Failure.of(e)
-        results = iter([failure] * len(batch))
+        results = iter([Failure.of(e)] * len(batch))
     responses = []
     for inputs in read:
         result = inputs if isinstance(inputs, Failure) else next(results)
         if isinstance(result, Failure):
             responses.append(error_response(pb, result))
-        else:
-            responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()]))
+            continue
+        tensors = []
+        for name, array in result.items():
+            tensors.append(pb.Tensor(name, array))
+        responses.append(pb.InferenceResponse(output_tensors=tensors))
     return responses
