@@ -13,6 +13,7 @@ from typing import Any
 
 from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestRejected, RetryPolicy, RewardClient, RewardClientError, Score
 from client.conversations import RecordError, conversation_form, parse_json
+from client.weights import parse_option as parse_weights
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
 # how long a request rides out an unavailable / restarting server: long jobs wait, interactive commands answer soon
@@ -58,6 +59,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         f"{LONG_RETRY_S:.0f} for annotate and evaluate, {SHORT_RETRY_S:.0f} for the others)",
     )
     g.add_argument("--retries", type=int, default=default(None), help="at most this many tries per request")
+    g.add_argument(
+        "--weights",
+        default=default(None),
+        help="scalar reward = these weights over the attributes instead of the checkpoint's: one per trained "
+        "attribute ('0.3,0.74,0.46,0.47,-0.33'), one per model output, or 'name=w,...' / JSON",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +154,7 @@ def _client(args: argparse.Namespace) -> RewardClient:
             max_wait=args.retry_for if args.retry_for is not None else RETRY_S.get(args.command, SHORT_RETRY_S),
             attempts=None if args.retries is None else max(1, args.retries),
         ),
+        weights=None if args.weights is None else parse_weights(args.weights),
     )
 
 
