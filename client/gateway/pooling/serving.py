@@ -52,15 +52,15 @@ class PoolingServing:
             raise InvalidRequest(
                 f"encoding_format {req.encoding_format!r} is not supported (use 'float')", param="encoding_format"
             )
+        if req.input is not None and req.truncate:
+            raise InvalidRequest("truncate applies to 'messages' only (templated text has no turns to drop)")
+        texts = self._texts(req) if req.input is not None else []
         meta = await self.backend.metadata()
         mix = RewardMix(meta, req.weights if req.weights is not None else c.weights)
         if req.messages is not None:
             conversation = {"messages": [m.for_ensemble() for m in req.messages]}
             scores = [(await self.backend.score(conversation, req.truncate))[0]]
         else:
-            if req.truncate:
-                raise InvalidRequest("truncate applies to 'messages' only (templated text has no turns to drop)")
-            texts = self._texts(req)
             results = await asyncio.gather(
                 *(
                     self.backend.score(None, False, text=t, param=f"input[{i}]" if len(texts) > 1 else "input")
