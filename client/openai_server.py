@@ -325,7 +325,11 @@ def parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=d.concurrency, help="ensemble requests in flight (default: %(default)s)"
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    g = p.add_argument_group("/get_reward (OpenRLHF); each is also a per-request field")
+    g = p.add_argument_group(
+        "/get_reward (OpenRLHF)",
+        "--chat-format, --on-error, --invalid-reward and --truncate are defaults a request may override with the "
+        "fields chat_format, on_error, invalid_reward and truncate (docs/rl.md)",
+    )
     g.add_argument(
         "--chat-format",
         default=d.chat_format,
@@ -348,7 +352,12 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--invalid-reward", type=float, default=d.invalid_reward, help="reward of a flagged row (0.0)")
     g.add_argument("--truncate", action="store_true", help="over-long queries drop their oldest exchanges")
-    g.add_argument("--max-rows", type=int, default=d.max_rows, help="queries per request (default: %(default)s)")
+    g.add_argument(
+        "--max-rows",
+        type=int,
+        default=d.max_rows,
+        help="queries per /get_reward request, texts per /pooling request (default: %(default)s)",
+    )
     p.add_argument(
         "--weights",
         help="default scalar weights of /get_reward and /pooling instead of the checkpoint's: one per trained "
