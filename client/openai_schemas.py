@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 
 class ContentPart(BaseModel):
@@ -45,7 +45,7 @@ class ChatCompletionRequest(BaseModel):
     stream: StrictBool | None = None
     truncate: StrictBool = False  # not OpenAI: maps to the ensemble's `truncate` input (drop oldest exchanges)
     # not OpenAI: scalar weights over the attributes (client.weights); the answer gets a last `reward` entry
-    weights: list[StrictFloat | StrictInt] | dict[str, StrictFloat | StrictInt] | None = None
+    weights: Any = None  # checked against the served model by client.weights.resolve
 
     def conversation(self) -> dict[str, Any]:
         return {"messages": [m.for_ensemble() for m in self.messages]}

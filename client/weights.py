@@ -29,6 +29,10 @@ class WeightsError(RewardClientError, ValueError):
 def resolve(weights: Weights, meta: ModelMetadata) -> tuple[float, ...]:
     """One weight per model output, in head order."""
     names, trained = meta.attribute_names, meta.trained_attributes
+    if isinstance(weights, str) or not isinstance(weights, Mapping | Sequence):
+        raise WeightsError(
+            f"weights must be a list of numbers or an object {{name: number}}, got {type(weights).__name__}"
+        )
     if isinstance(weights, Mapping):
         unknown = [k for k in weights if k not in names]
         if unknown:

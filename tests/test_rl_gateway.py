@@ -57,6 +57,12 @@ AROUND = {
     "llama2": ("", "</s>"),
     "steerlm": ("", ""),
 }
+MANY_TURNS = [{"role": "system", "content": "S"}]
+for _i in range(40):  # over the fixture's 128 tokens, but each exchange is short: truncation can drop old ones
+    MANY_TURNS += [
+        {"role": "user", "content": f"question {_i} about the model"},
+        {"role": "assistant", "content": f"answer {_i} is helpful"},
+    ]
 LONG = [
     {"role": "system", "content": "S"},
     {"role": "user", "content": " ".join(f"word{i}" for i in range(200))},
@@ -91,12 +97,14 @@ def flag_gateway(nemotron: RunningServer, tmp_path_factory: pytest.TempPathFacto
         yield gw
 
 
-def oracle(server: RunningServer, items: list[Any], text: bool = False) -> tuple[list[Score], ModelMetadata]:
+def oracle(
+    server: RunningServer, items: list[Any], text: bool = False, truncate: bool = False
+) -> tuple[list[Score], ModelMetadata]:
     """The ensemble's own scores of conversations (OpenAI messages) or of templated texts."""
 
     async def run() -> tuple[list[Score], ModelMetadata]:
         async with RewardClient(server.grpc_url, concurrency=4) as c:
-            scores = [await (c.score(text=x) if text else c.score({"messages": x})) for x in items]
+            scores = [await (c.score(text=x) if text else c.score({"messages": x}, truncate=truncate)) for x in items]
             return scores, await c.metadata()
 
     return asyncio.run(run())
@@ -204,9 +212,14 @@ def test_flag_mode_gives_per_row_flags(nemotron: RunningServer, gateway: Gateway
         (1, "unparseable_query"),
         (2, "context_length_exceeded"),
     ]
-    # truncate: the over-long row drops its oldest turns instead (here it has none to drop: still flagged)
-    r = post(gateway, "/get_reward", {"query": queries, "on_error": "flag", "truncate": True})
-    assert r.json()["valid"] == [True, False, False, True]
+    # truncate: an over-long row drops its oldest exchanges, as the ensemble's own truncate does; a row whose last
+    # exchange alone is too long (LONG) stays flagged
+    queries = [policy_query(MANY_TURNS, "llama3"), policy_query(LONG, "llama3")]
+    assert post(gateway, "/get_reward", {"query": queries[:1]}).json()["error"]["code"] == "context_length_exceeded"
+    body = post(gateway, "/get_reward", {"query": queries, "on_error": "flag", "truncate": True}).json()
+    (cut,), _ = oracle(nemotron, [MANY_TURNS], truncate=True)
+    assert cut.truncated and body["valid"] == [True, False]
+    assert body["rewards"][0] == cut.reward and body["scores"][0] == trained(cut)
 
 
 def test_start_options_flag_force_format_weights_and_key(nemotron: RunningServer, flag_gateway: Gateway) -> None:
@@ -238,7 +251,13 @@ def test_request_weights(nemotron: RunningServer, gateway: Gateway) -> None:
                       np.float32(s.scores["verbosity"])) for s in expected]  # fmt: skip
         assert r.json()["rewards"] == pytest.approx(want, rel=1e-6), weights
         assert r.json()["scores"] == [trained(s) for s in expected]  # weights change the reward only
-    for bad, fragment in (([1, 2, 3], "weights has 3 values; this model takes 5"), ({"x": 1}, "unknown attribute")):
+    bad_weights = (
+        ([1, 2, 3], "weights has 3 values; this model takes 5"),
+        ({"x": 1}, "unknown attribute"),
+        ("x", "weights must be a list of numbers or an object"),
+        ([1, "a", 0, 0, 0], "weights[1] must be a finite number"),
+    )
+    for bad, fragment in bad_weights:
         for path, body in (
             ("/get_reward", {"query": queries, "weights": bad}),
             ("/pooling", {"messages": CONVERSATIONS[0], "weights": bad}),
@@ -309,6 +328,9 @@ def test_pooling_errors_in_openai_shape(gateway: Gateway) -> None:
         ({"model": NEMOTRON_NAME}, 400, "exactly one of 'messages'", None),
         ({"messages": CONVERSATIONS[0], "input": text}, 400, "exactly one of 'messages'", None),
         ({"input": [1, 2, 3]}, 400, "token-id input is not supported", "input"),
+        ({"input": [[1, 2], [3]]}, 400, "token-id input is not supported", "input"),
+        ({"input": 5}, 400, "input must be a string or a list of strings, got int", "input"),
+        ({"input": [text, ["a"]]}, 400, "input[1] must be a string, got list", "input"),
         ({"input": []}, 400, "empty list", "input"),
         ({"input": text, "encoding_format": "base64"}, 400, "encoding_format", "encoding_format"),
         ({"input": [text, cf.render(LONG, "steerlm")]}, 400, "more than the engine's maximum input length", "input[1]"),

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from client.gateway.errors import ApiError, InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
-UNION_BRANCHES = frozenset({"str", "list[ContentPart]", "list[str]", "list[float]", "dict[str,float]"})
+SCALAR_BRANCHES = frozenset({"str", "int", "float", "bool"})
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -43,8 +43,8 @@ def where(loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in UNION_BRANCHES or str(part).startswith(("function-", "literal[")):
-            continue  # union branch names pydantic adds
+        elif part in SCALAR_BRANCHES or "[" in part or part.startswith("function-"):
+            continue  # union branch names pydantic adds ('str', 'list[ContentPart]', 'literal[...]', ...)
         else:
             out += f".{part}" if out else str(part)
     return out or "body"
@@ -70,8 +70,9 @@ def validate(data: dict[str, Any], model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         errors = e.errors(include_url=False)
-        problems = "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in errors[:4])
-        more = f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""
+        lines = list(dict.fromkeys(f"{where(err['loc'])}: {err['msg']}" for err in errors))  # unique, in order
+        problems = "; ".join(lines[:4])
+        more = f" (and {len(lines) - 4} more)" if len(lines) > 4 else ""
         param = where(errors[0]["loc"]).split(".")[0].split("[")[0] if errors else None
         raise InvalidRequest(f"invalid request: {problems}{more}", param=param) from None
 

@@ -30,7 +30,7 @@ class GetRewardRequest(BaseModel):
     on_error: OnErrorOption | None = None
     invalid_reward: StrictFloat | StrictInt | None = None
     truncate: StrictBool | None = None
-    weights: list[StrictFloat | StrictInt] | dict[str, StrictFloat | StrictInt] | None = None
+    weights: Any = None  # checked against the served model by client.weights.resolve
 
 
 class RowError(BaseModel):

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from client.openai_schemas import ChatMessage
 
@@ -27,10 +27,10 @@ class PoolingRequest(BaseModel):
 
     model: StrictStr | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
-    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] | None = None
+    input: Any = None  # a string or a list of strings (checked by the serving, which names token-id input)
     encoding_format: StrictStr | None = None
     truncate: StrictBool = False
-    weights: list[StrictFloat | StrictInt] | dict[str, StrictFloat | StrictInt] | None = None
+    weights: Any = None  # checked against the served model by client.weights.resolve
 
 
 class PoolingResponseData(BaseModel):

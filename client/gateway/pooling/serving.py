@@ -20,15 +20,22 @@ class PoolingServing:
         value = req.input
         if isinstance(value, str):
             return [value]
-        assert value is not None
+        if not isinstance(value, list):
+            raise InvalidRequest(f"input must be a string or a list of strings, got {type(value).__name__}", "input")
         if not value:
             raise InvalidRequest("input is an empty list: nothing to score", param="input")
-        if not all(isinstance(v, str) for v in value):
+        ids = all(isinstance(v, int) and not isinstance(v, bool) for v in value) or all(
+            isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value
+        )
+        if ids:
             raise InvalidRequest(
                 "token-id input is not supported: send text (a string or a list of strings) already in this "
                 "model's template, or 'messages'",
                 param="input",
             )
+        for i, v in enumerate(value):
+            if not isinstance(v, str):
+                raise InvalidRequest(f"input[{i}] must be a string, got {type(v).__name__}", param="input")
         if len(value) > self.config.max_rows:
             raise InvalidRequest(
                 f"input has {len(value)} items, more than this gateway's limit of {self.config.max_rows} (--max-rows)",
