@@ -341,3 +341,39 @@ def test_pooling_errors_in_openai_shape(gateway: Gateway) -> None:
     for body, status, fragment, param in cases:
         error = error_of(post(gateway, "/pooling", body), status)
         assert fragment in error["message"] and error["param"] == param, (body, error)
+
+
+# ---- RewardBench 2 through reward-client evaluate --------------------------------------------------------------
+def test_reward_client_evaluate_rewardbench2(nemotron: RunningServer, tmp_path: Path) -> None:
+    """The CLI on RB2 rows: every completion scored by the server, the report from those scores, resumable."""
+    prompts = ["What is 2+2?", "Name a prime."]
+    answers = [["4", "5", "22", "four"], ["7", "8", "9", "10"]]
+    rows = [
+        {"id": str(i), "subset": "Math", "prompt": p, "chosen": a[:1], "rejected": a[1:], "num_correct": 1}
+        for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
+    ]
+    path = tmp_path / "rb2.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": c}] for p, a in
+                     zip(prompts, answers, strict=True) for c in a]  # fmt: skip
+    expected, _ = oracle(nemotron, conversations)
+    rewards = [s.reward for s in expected]
+    # by hand: a row is right when its chosen (first) reward is strictly the highest of its four
+    wins = [float(rewards[4 * i] > max(rewards[4 * i + 1 : 4 * i + 4])) for i in range(2)]
+
+    def evaluate(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(REWARD_CLIENT), "--url", nemotron.grpc_url, "evaluate", str(path), "--json", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    r = evaluate()
+    assert r.returncode == 0, r.stderr
+    assert "8/8" in r.stderr  # the progress bar counted every completion
+    rep = json.loads(r.stdout)
+    assert rep["subsets"]["Math"]["score"] == pytest.approx(sum(wins) / 2)
+    assert rep["overall"] == pytest.approx(sum(wins) / 2) and rep["missing_subsets"] == [
+        "Factuality", "Precise IF", "Safety", "Focus", "Ties"]  # fmt: skip
+    saved = [json.loads(x) for x in Path(rep["scores_file"]).read_text().splitlines()[1:]]
+    assert sorted(e["line"] for e in saved) == [1, 2]
+    assert [v for e in sorted(saved, key=lambda e: e["line"]) for v in e["scores"]] == rewards
+    again = evaluate("--no-progress")  # resumed: nothing left to score, same report
+    assert again.returncode == 0 and json.loads(again.stdout) == rep and again.stderr == ""
