@@ -327,8 +327,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     g = p.add_argument_group(
         "/get_reward (OpenRLHF)",
-        "--chat-format, --on-error, --invalid-reward and --truncate are defaults a request may override with the "
-        "fields chat_format, on_error, invalid_reward and truncate (docs/rl.md)",
+        "--chat-format, --on-error, --invalid-reward, --truncate and --scores-as are defaults a request may "
+        "override with the fields chat_format, on_error, invalid_reward, truncate and scores_as (docs/rl.md)",
     )
     g.add_argument(
         "--chat-format",
@@ -352,6 +352,13 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--invalid-reward", type=float, default=d.invalid_reward, help="reward of a flagged row (0.0)")
     g.add_argument("--truncate", action="store_true", help="over-long queries drop their oldest exchanges")
+    g.add_argument(
+        "--scores-as",
+        default=d.scores_as,
+        choices=["attributes", "reward"],
+        help="what /get_reward's `scores` holds: the attribute vectors, or each row's reward as OpenRLHF's own "
+        "serve_rm answers (its newer trainers read `scores` as a per-sample scalar) (default: %(default)s)",
+    )
     g.add_argument(
         "--max-rows",
         type=int,
@@ -390,6 +397,7 @@ def config_from_args(a: argparse.Namespace, environ: dict[str, str] | os._Enviro
         invalid_reward=a.invalid_reward,
         truncate=a.truncate,
         max_rows=a.max_rows,
+        scores_as=a.scores_as,
         weights=weights,
     )
 

@@ -92,7 +92,8 @@ def gateway(nemotron: RunningServer, tmp_path_factory: pytest.TempPathFactory) -
 def flag_gateway(nemotron: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """Start options instead of request fields: what an OpenRLHF user (who cannot add fields) would set."""
     log = tmp_path_factory.mktemp("rl-gw-flag") / "reward-openai.log"
-    args = ("--on-error", "flag", "--invalid-reward", "-5", "--chat-format", "chatml", "--weights", "1,0,0,0,-1")
+    args = ("--on-error", "flag", "--invalid-reward", "-5", "--chat-format", "chatml", "--weights", "1,0,0,0,-1",
+            "--scores-as", "reward")  # fmt: skip
     with run_gateway(nemotron.grpc_url, log, *args, env={"REWARD_API_KEY": API_KEY}) as gw:
         yield gw
 
@@ -142,7 +143,7 @@ def test_get_reward_in_each_chat_format_equals_the_ensemble(
     assert body["attributes"] == list(meta.trained_attributes) == ["helpfulness", "correctness", "coherence",
                                                                    "complexity", "verbosity"]  # fmt: skip
     assert body["rewards"] == [s.reward for s in expected]  # float32 values, bit for bit
-    assert body["scores"] == [trained(s) for s in expected]
+    assert body["scores"] == body["attribute_scores"] == [trained(s) for s in expected]
     assert body["valid"] == [True] * 3 and body["errors"] == []
     assert body["extra_logs"] == {"invalid_query": [0.0] * 3}
     assert len(set(body["rewards"])) == 3  # three different conversations, three different rewards
@@ -177,6 +178,7 @@ def test_malformed_bodies_are_answered_as_documented(gateway: Gateway) -> None:
         ({"query": [good] * 9}, "query has 9 rows, more than this gateway's limit of 8", "query", "too_many_rows"),
         ({"query": [good], "on_error": "ignore"}, "on_error", "on_error", None),
         ({"query": [good], "chat_format": "gemma"}, "chat_format", "chat_format", None),
+        ({"query": [good], "scores_as": "both"}, "scores_as", "scores_as", None),
     ]
     for body, fragment, param, code in cases:
         error = error_of(post(gateway, "/get_reward", body), 400)
@@ -235,6 +237,15 @@ def test_start_options_flag_force_format_weights_and_key(nemotron: RunningServer
     want = f32(np.float32(expected.scores["helpfulness"]) - np.float32(expected.scores["verbosity"]))
     assert body["rewards"] == [want, -5.0] and body["valid"] == [True, False]  # llama3 refused: --chat-format chatml
     assert "chatml" in body["errors"][0]["message"]
+    assert body["scores"] == [want, -5.0]  # --scores-as reward: OpenRLHF's serve_rm shape
+    assert body["attribute_scores"] == [trained(expected), None]
+    r = post(
+        flag_gateway,
+        "/get_reward",
+        {"query": queries[:1], "scores_as": "attributes"},
+        {"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert r.json()["scores"] == [trained(expected)]
 
 
 # ---- weights on every endpoint that returns a reward --------------------------------------------------------

@@ -15,6 +15,7 @@ DEFAULT_MAX_ROWS = 4096  # /get_reward queries per request
 GATEWAY_RETRY = RetryPolicy(max_wait=1.0, base_delay=0.05, max_delay=0.2, attempts=2)
 
 OnError = Literal["fail", "flag"]
+ScoresAs = Literal["attributes", "reward"]
 
 
 @dataclass(frozen=True)
@@ -34,5 +35,8 @@ class GatewayConfig:
     invalid_reward: float = 0.0
     truncate: bool = False  # over-long queries drop their oldest exchanges instead of failing
     max_rows: int = DEFAULT_MAX_ROWS
+    # /get_reward `scores`: the attribute vectors (this gateway's contract), or each row's scalar reward as
+    # OpenRLHF's own serve_rm answers (its newer trainers read `scores` as a per-sample scalar)
+    scores_as: ScoresAs = "attributes"
     # default scalar weights of every endpoint that returns a reward (None: the checkpoint's)
     weights: Weights | None = None

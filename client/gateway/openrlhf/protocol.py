@@ -3,11 +3,12 @@
 Request: `{"query": [str, ...], "prompts"?: [str, ...], "labels"?: [...]}`; each query is a whole decoded sequence
 (prompt + response) in the policy's chat format. `prompts` and `labels` are accepted and not used (the query holds
 the whole conversation). Optional fields beyond OpenRLHF's (each defaults to the gateway's start option of the
-same name): `chat_format`, `on_error`, `invalid_reward`, `truncate`, `weights`.
+same name): `chat_format`, `on_error`, `invalid_reward`, `truncate`, `weights`, `scores_as`.
 
-Response, row for row: `rewards` (the scalar reward), `scores` (the model's trained attribute scores, names in
-`attributes`), `valid` and `errors` (rows flagged under `on_error: "flag"`), `extra_logs` (per-row values OpenRLHF
-logs: `invalid_query` 1.0 where a row was flagged).
+Response, row for row: `rewards` (the scalar reward), `attribute_scores` (the model's trained attribute scores,
+names in `attributes`), `scores` (the same vectors; with `scores_as: "reward"` the rewards again, as OpenRLHF's own
+serve_rm answers), `valid` and `errors` (rows flagged under `on_error: "flag"`), `extra_logs` (per-row values
+OpenRLHF logs: `invalid_query` 1.0 where a row was flagged).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class GetRewardRequest(BaseModel):
     invalid_reward: StrictFloat | StrictInt | None = None
     truncate: StrictBool | None = None
     weights: Any = None  # checked against the served model by client.weights.resolve
+    scores_as: Literal["attributes", "reward"] | None = None
 
 
 class RowError(BaseModel):
@@ -41,7 +43,8 @@ class RowError(BaseModel):
 
 class GetRewardResponse(BaseModel):
     rewards: list[float]
-    scores: list[list[float] | None]  # None for a flagged row
+    scores: list[list[float] | None] | list[float]  # attribute vectors (None for a flagged row), or = rewards
+    attribute_scores: list[list[float] | None]
     attributes: list[str]
     valid: list[bool]
     errors: list[RowError]

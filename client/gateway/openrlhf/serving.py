@@ -61,22 +61,30 @@ class GetRewardServing:
                 extra={"rows": [e.model_dump() for e in errors]},
             )
         attributes = list(meta.trained_attributes)
-        out = GetRewardResponse(rewards=[], scores=[], attributes=attributes, valid=[], errors=errors, extra_logs={})
-        flags: list[float] = []
+        rewards: list[float] = []
+        vectors: list[list[float] | None] = []
+        valid: list[bool] = []
         tokens = 0
         for r in results:
             if isinstance(r, Score):
-                out.rewards.append(mix.reward(r))
-                out.scores.append([r.scores[n] for n in attributes])
-                out.valid.append(True)
-                flags.append(0.0)
+                rewards.append(mix.reward(r))
+                vectors.append([r.scores[n] for n in attributes])
+                valid.append(True)
                 tokens += r.num_input_tokens
             else:
-                out.rewards.append(invalid)
-                out.scores.append(None)
-                out.valid.append(False)
-                flags.append(1.0)
-        out.extra_logs["invalid_query"] = flags
+                rewards.append(invalid)
+                vectors.append(None)
+                valid.append(False)
+        scores_as = req.scores_as or c.scores_as
+        out = GetRewardResponse(
+            rewards=rewards,
+            scores=list(rewards) if scores_as == "reward" else vectors,
+            attribute_scores=vectors,
+            attributes=attributes,
+            valid=valid,
+            errors=errors,
+            extra_logs={"invalid_query": [0.0 if v else 1.0 for v in valid]},
+        )
         return out, tokens
 
     async def _row(self, index: int, query: str, fmt: str, truncate: bool) -> Score | RowError:
