@@ -248,6 +248,25 @@ def test_start_options_flag_force_format_weights_and_key(nemotron: RunningServer
     assert r.json()["scores"] == [trained(expected)]
 
 
+def test_one_output_model(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Llama2-13B-RLHF-RM's shape: one output `reward`; scores are [reward]; weights take one value."""
+    root = tmp_path_factory.mktemp("rl-llama")
+    with serve_fixture(root, arch="llama", options=_options()) as llama:
+        with run_gateway(llama.grpc_url, root / "reward-openai.log") as gw:
+            queries = [policy_query(m, "llama2") for m in CONVERSATIONS]
+            body = post(gw, "/get_reward", {"query": queries}).json()
+            expected, meta = oracle(llama, CONVERSATIONS)
+            assert meta.attribute_names == ("reward",) and body["attributes"] == ["reward"]
+            assert body["rewards"] == [s.reward for s in expected]
+            assert body["scores"] == [[s.reward] for s in expected]
+            doubled = post(gw, "/get_reward", {"query": queries, "weights": [2]}).json()["rewards"]
+            assert doubled == [f32(np.float32(2) * np.float32(s.reward)) for s in expected]
+            error = error_of(post(gw, "/get_reward", {"query": queries, "weights": [1, 2]}), 400)
+            assert "weights has 2 values; this model takes 1 (one per trained attribute: reward)" in error["message"]
+            pooled = post(gw, "/pooling", {"messages": CONVERSATIONS[0]}).json()["data"][0]
+            assert pooled["data"] == [expected[0].reward] == [pooled["reward"]]
+
+
 # ---- weights on every endpoint that returns a reward --------------------------------------------------------
 def test_request_weights(nemotron: RunningServer, gateway: Gateway) -> None:
     queries = [policy_query(m, "chatml") for m in CONVERSATIONS]
