@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from test_openai_api import NEMOTRON_NAME, Gateway, _options, run_gateway
-from triton_server import RunningServer, serve_fixture
+from triton_server import RunningServer, make_client, serve_fixture
 
 from client.api import ModelMetadata, RewardClient, Score, f32
 from client.gateway import chat_formats as cf
@@ -157,6 +157,21 @@ def test_mixed_formats_in_one_batch_are_detected_per_query(nemotron: RunningServ
     r = post(gateway, "/get_reward", {"query": queries})
     expected, _ = oracle(nemotron, [CONVERSATIONS[i % 3] for i in range(len(cf.FORMATS))])
     assert r.status_code == 200 and r.json()["rewards"] == [s.reward for s in expected], r.text
+
+
+def test_rows_are_scored_concurrently(nemotron: RunningServer, gateway: Gateway) -> None:
+    """Sent one after the other, 8 rows would take 8 engine executions; in flight together, Triton batches them."""
+    client = make_client(nemotron)
+
+    def counts() -> tuple[int, int]:
+        stats = client.get_inference_statistics("tensorrt_llm", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+    queries = [policy_query(CONVERSATIONS[i % 3], "chatml") for i in range(8)]
+    before = counts()
+    assert post(gateway, "/get_reward", {"query": queries}).status_code == 200
+    after = counts()
+    assert after[0] - before[0] == 8 and after[1] - before[1] < 8, (before, after)
 
 
 def test_forced_chat_format_refuses_other_formats(gateway: Gateway) -> None:
