@@ -27,6 +27,8 @@ WRITTEN = {
     "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
     "<|start_header_id|>assistant<|end_header_id|>\n\nIt is 4.<|eot_id|>",
     "llama2": "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 2+2? [/INST] It is 4. </s>",
+    "gemma": "<bos><start_of_turn>user\nBe brief.\n\nWhat is 2+2?<end_of_turn>\n"
+    "<start_of_turn>model\nIt is 4.<end_of_turn>\n",
     "steerlm": "<extra_id_0>System\nBe brief.\n<extra_id_1>User\nWhat is 2+2?\n<extra_id_1>Assistant\nIt is 4.\n"
     "<extra_id_2>",
 }
@@ -35,22 +37,32 @@ PADDING = {
     "chatml": ("<|endoftext|><|endoftext|>", "<|endoftext|><|endoftext|>"),
     "llama3": ("<|finetune_right_pad_id|>", "<|end_of_text|><|finetune_right_pad_id|><|finetune_right_pad_id|>"),
     "llama2": ("<unk><unk>", "</s></s>"),
+    "gemma": ("<pad><pad>", "<eos><pad><pad>"),
     "steerlm": ("", "<pad><pad>"),
 }
+
+
+def expected(fmt: str, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """What reading back gives: Gemma's template has put the system prompt at the head of the first user turn."""
+    if fmt != "gemma" or messages[0]["role"] != "system":
+        return messages
+    first = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+    return [first, *messages[2:]]
 
 
 @pytest.mark.parametrize("fmt", cf.FORMATS)
 def test_each_format_is_detected_and_parsed(fmt: str) -> None:
     parsed = cf.parse(WRITTEN[fmt])
     assert parsed.format == fmt
-    assert parsed.conversation() == {"messages": EXPECTED}
+    assert parsed.conversation() == {"messages": expected(fmt, EXPECTED)}
 
 
 @pytest.mark.parametrize("fmt", cf.FORMATS)
 def test_padding_and_eos_around_the_sequence_are_tolerated(fmt: str) -> None:
     left, right = PADDING[fmt]
     extra = ["<unk>"] if fmt == "llama2" else []  # a pad text the caller names (--strip-token)
-    assert cf.parse(left + WRITTEN[fmt] + right, extra_noise=extra).conversation() == {"messages": EXPECTED}
+    parsed = cf.parse(left + WRITTEN[fmt] + right, extra_noise=extra)
+    assert parsed.conversation() == {"messages": expected(fmt, EXPECTED)}
     if fmt == "llama2":
         with pytest.raises(cf.ChatFormatError, match="expected '\\[INST\\]'.*character 0.*<unk>"):
             cf.parse(left + WRITTEN[fmt])
@@ -58,9 +70,10 @@ def test_padding_and_eos_around_the_sequence_are_tolerated(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", cf.FORMATS)
 def test_a_response_cut_at_the_length_limit_has_no_end_marker(fmt: str) -> None:
-    cut = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "llama2": " </s>", "steerlm": "\n<extra_id_2>"}[fmt]
+    cut = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "llama2": " </s>", "gemma": "<end_of_turn>\n",
+           "steerlm": "\n<extra_id_2>"}[fmt]  # fmt: skip
     text = WRITTEN[fmt][: -len(cut)]
-    assert cf.parse(text + PADDING[fmt][1]).conversation() == {"messages": EXPECTED}
+    assert cf.parse(text + PADDING[fmt][1]).conversation() == {"messages": expected(fmt, EXPECTED)}
 
 
 def test_multi_turn_and_no_system() -> None:
@@ -89,8 +102,8 @@ def test_forced_format_and_detection_by_first_marker() -> None:
     assert cf.parse(chatml_mentioning_inst).format == "chatml"
     with pytest.raises(cf.ChatFormatError, match=r"expected '\[INST\]' \(a llama2 turn\) at character 0"):
         cf.parse(chatml_mentioning_inst, "llama2")
-    with pytest.raises(cf.ChatFormatError, match="unknown chat format 'gemma'"):
-        cf.parse(WRITTEN["chatml"], "gemma")  # type: ignore[arg-type]
+    with pytest.raises(cf.ChatFormatError, match="unknown chat format 'phi3'"):
+        cf.parse(WRITTEN["chatml"], "phi3")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -117,7 +130,8 @@ def test_unparseable_text_names_the_problem(text: str, message: str) -> None:
 def test_render_round_trips() -> None:
     messages = [*EXPECTED, {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6."}]
     for fmt in cf.FORMATS:
-        assert cf.parse(cf.render(messages, fmt)).conversation() == {"messages": messages}, fmt
+        assert cf.parse(cf.render(messages, fmt)).conversation() == {"messages": expected(fmt, messages)}, fmt
+    assert cf.render(EXPECTED, "gemma") == WRITTEN["gemma"]
     assert cf.render(EXPECTED, "steerlm") == WRITTEN["steerlm"]
     assert cf.render(EXPECTED, "llama2") + " It is 4. </s>" != WRITTEN["llama2"]  # render ends after the assistant
 

@@ -23,7 +23,7 @@ import pytest
 from test_openai_api import NEMOTRON_NAME, Gateway, _options, run_gateway
 from triton_server import RunningServer, make_client, serve_fixture
 
-from client.api import ModelMetadata, RewardClient, Score, f32
+from client.api import ModelMetadata, RequestRejected, RewardClient, Score, f32
 from client.gateway import chat_formats as cf
 
 pytestmark = pytest.mark.server
@@ -55,6 +55,7 @@ AROUND = {
     "chatml": ("<|endoftext|><|endoftext|>", "<|endoftext|><|endoftext|>"),
     "llama3": ("", "<|end_of_text|><|finetune_right_pad_id|>"),
     "llama2": ("", "</s>"),
+    "gemma": ("<pad>", "<eos><pad>"),
     "steerlm": ("", ""),
 }
 MANY_TURNS = [{"role": "system", "content": "S"}]
@@ -68,6 +69,13 @@ LONG = [
     {"role": "user", "content": " ".join(f"word{i}" for i in range(200))},
     {"role": "assistant", "content": "ok"},
 ]
+
+
+def read_back(fmt: str, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation a policy's text holds: Gemma's template puts the system prompt into the first user turn."""
+    if fmt != "gemma" or messages[0]["role"] != "system":
+        return messages
+    return [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}, *messages[2:]]
 
 
 def policy_query(messages: list[dict[str, str]], fmt: str) -> str:
@@ -131,7 +139,12 @@ def trained(score: Score) -> list[float]:
 
 
 # ---- /get_reward ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", cf.FORMATS)
+# Gemma has no system turn, so its conversations get the model's default system prompt, which alone fills the
+# fixture's 128 tokens: it has its own test below
+WITH_SYSTEM = tuple(f for f in cf.FORMATS if f != "gemma")
+
+
+@pytest.mark.parametrize("fmt", WITH_SYSTEM)
 def test_get_reward_in_each_chat_format_equals_the_ensemble(
     nemotron: RunningServer, gateway: Gateway, fmt: str
 ) -> None:
@@ -139,7 +152,7 @@ def test_get_reward_in_each_chat_format_equals_the_ensemble(
     r = post(gateway, "/get_reward", {"query": queries, "prompts": ["p"] * len(queries), "labels": [None] * 3})
     assert r.status_code == 200, r.text
     body = r.json()
-    expected, meta = oracle(nemotron, CONVERSATIONS)
+    expected, meta = oracle(nemotron, [read_back(fmt, m) for m in CONVERSATIONS])
     assert body["attributes"] == list(meta.trained_attributes) == ["helpfulness", "correctness", "coherence",
                                                                    "complexity", "verbosity"]  # fmt: skip
     assert body["rewards"] == [s.reward for s in expected]  # float32 values, bit for bit
@@ -152,10 +165,23 @@ def test_get_reward_in_each_chat_format_equals_the_ensemble(
         assert body["rewards"] == [s.reward for s in texts]
 
 
+def test_gemma_reads_back_the_conversation_its_template_wrote(nemotron: RunningServer, gateway: Gateway) -> None:
+    """Gemma folds the system prompt into the first user turn; read back, the reward model adds its default system
+    prompt, which is over the fixture's 128 tokens: the gateway's per-row message must be the ensemble's own for the
+    read-back conversation (the same token count), row for row."""
+    queries = [policy_query(m, "gemma") for m in CONVERSATIONS]
+    body = post(gateway, "/get_reward", {"query": queries, "on_error": "flag"}).json()
+    assert body["valid"] == [False] * 3
+    for row, messages in zip(body["errors"], CONVERSATIONS, strict=True):
+        with pytest.raises(RequestRejected) as e:
+            oracle(nemotron, [read_back("gemma", messages)])
+        assert row["code"] == "context_length_exceeded" and row["message"] == str(e.value)
+
+
 def test_mixed_formats_in_one_batch_are_detected_per_query(nemotron: RunningServer, gateway: Gateway) -> None:
-    queries = [policy_query(CONVERSATIONS[i % 3], fmt) for i, fmt in enumerate(cf.FORMATS)]
+    queries = [policy_query(CONVERSATIONS[i % 3], fmt) for i, fmt in enumerate(WITH_SYSTEM)]
     r = post(gateway, "/get_reward", {"query": queries})
-    expected, _ = oracle(nemotron, [CONVERSATIONS[i % 3] for i in range(len(cf.FORMATS))])
+    expected, _ = oracle(nemotron, [CONVERSATIONS[i % 3] for i in range(len(WITH_SYSTEM))])
     assert r.status_code == 200 and r.json()["rewards"] == [s.reward for s in expected], r.text
 
 

@@ -9,6 +9,8 @@ Formats (`FORMATS`; `detect` picks per string, by whichever format's opening mar
 - `llama3`:  `<|begin_of_text|><|start_header_id|>role<|end_header_id|>\\n\\ncontent<|eot_id|>`
 - `llama2`:  `<s>[INST] <<SYS>>\\nsystem\\n<</SYS>>\\n\\nuser [/INST] assistant </s><s>[INST] ...` (also Mistral's
   `[INST] ... [/INST]` without a system block)
+- `gemma`:   `<bos><start_of_turn>user\\n...<end_of_turn>\\n<start_of_turn>model\\n...<end_of_turn>\\n` (Gemma has no
+  system role: its template puts a system prompt at the head of the first user turn, and so it is read back)
 - `steerlm`: this reward model's own template, `<extra_id_0>System\\n...\\n<extra_id_1>User\\n...\\n`
   `<extra_id_1>Assistant\\n...\\n<extra_id_2>` (reward_triton.metadata.PromptTemplate)
 
@@ -28,8 +30,8 @@ from typing import Literal
 from reward_triton.conversation import ConversationError, from_openai
 from reward_triton.metadata import PromptTemplate
 
-ChatFormat = Literal["chatml", "llama3", "llama2", "steerlm"]
-FORMATS: tuple[ChatFormat, ...] = ("chatml", "llama3", "llama2", "steerlm")
+ChatFormat = Literal["chatml", "llama3", "llama2", "gemma", "steerlm"]
+FORMATS: tuple[ChatFormat, ...] = ("chatml", "llama3", "llama2", "gemma", "steerlm")
 AUTO = "auto"
 
 # BOS / EOS / padding text of common policies; skipped outside turns, never inside one
@@ -40,6 +42,7 @@ NOISE_TOKENS: tuple[str, ...] = (
     "<|eot_id|>",
     "<|endoftext|>",
     "<|im_end|>",
+    "<end_of_turn>",
     "<|pad|>",
     "<pad>",
     "<s>",
@@ -123,9 +126,15 @@ def _role(name: str, fmt: str, at: int, aliases: dict[str, str] | None = None) -
 
 
 def _header_blocks(
-    text: str, noise: Sequence[str], fmt: str, start: str, header: re.Pattern[str], end: str
+    text: str,
+    noise: Sequence[str],
+    fmt: str,
+    start: str,
+    header: re.Pattern[str],
+    end: str,
+    aliases: dict[str, str] | None = None,
 ) -> list[Message]:
-    """Formats made of `start ROLE header-end CONTENT end` blocks (ChatML, Llama 3)."""
+    """Formats made of `start ROLE header-end CONTENT end` blocks (ChatML, Llama 3, Gemma)."""
     scan = _Scanner(text, noise)
     out: list[Message] = []
     scan.skip_noise()
@@ -135,7 +144,7 @@ def _header_blocks(
         m = header.match(text, scan.pos + len(start))
         if m is None:
             raise ChatFormatError(f"{fmt}: malformed turn header at character {scan.pos}: {_preview(text, scan.pos)}")
-        role = _role(m.group("role"), fmt, scan.pos)
+        role = _role(m.group("role"), fmt, scan.pos, aliases)
         body = m.end()
         stop = text.find(end, body)
         following = text.find(start, body)
@@ -162,6 +171,11 @@ def parse_chatml(text: str, noise: Sequence[str] = NOISE_TOKENS) -> list[Message
 
 def parse_llama3(text: str, noise: Sequence[str] = NOISE_TOKENS) -> list[Message]:
     return _header_blocks(text, noise, "llama3", "<|start_header_id|>", _LLAMA3_HEADER, "<|eot_id|>")
+
+
+def parse_gemma(text: str, noise: Sequence[str] = NOISE_TOKENS) -> list[Message]:
+    aliases = {"model": "assistant", "assistant": "assistant"}
+    return _header_blocks(text, noise, "gemma", "<start_of_turn>", _CHATML_HEADER, "<end_of_turn>", aliases)
 
 
 _SYS = re.compile(r"\s*<<SYS>>\n?(?P<system>.*?)\n?<</SYS>>\s*", re.S)
@@ -252,6 +266,7 @@ PARSERS: dict[ChatFormat, Callable[[str, Sequence[str]], list[Message]]] = {
     "chatml": parse_chatml,
     "llama3": parse_llama3,
     "llama2": parse_llama2,
+    "gemma": parse_gemma,
     "steerlm": parse_steerlm,
 }
 # the marker that opens a conversation in each format; the earliest one in a text names its format
@@ -259,6 +274,7 @@ MARKERS: dict[ChatFormat, tuple[str, ...]] = {
     "chatml": ("<|im_start|>",),
     "llama3": ("<|start_header_id|>",),
     "llama2": ("[INST]",),
+    "gemma": ("<start_of_turn>",),
     "steerlm": ("<extra_id_0>", "<extra_id_1>"),
 }
 
@@ -303,7 +319,8 @@ def parse(text: str, fmt: ChatFormat | Literal["auto"] = AUTO, extra_noise: Iter
 
 
 def render(messages: Sequence[Message | dict[str, str]], fmt: ChatFormat) -> str:
-    """Messages → text in `fmt` as a policy's chat template writes it (for tests and examples)."""
+    """Messages → text in `fmt` as a policy's chat template writes it (for tests and examples); Gemma puts a
+    system prompt at the head of the first user turn, as its template does."""
     ms = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in messages]
     if fmt == "chatml":
         return "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in ms)
@@ -311,6 +328,14 @@ def render(messages: Sequence[Message | dict[str, str]], fmt: ChatFormat) -> str
         return "<|begin_of_text|>" + "".join(
             f"<|start_header_id|>{m.role}<|end_header_id|>\n\n{m.content}<|eot_id|>" for m in ms
         )
+    if fmt == "gemma":
+        system = next((m.content for m in ms if m.role == "system"), None)
+        turns = [m for m in ms if m.role != "system"]
+        out = "<bos>"
+        for i, m in enumerate(turns):
+            content = f"{system}\n\n{m.content}" if i == 0 and system is not None else m.content
+            out += f"<start_of_turn>{'model' if m.role == 'assistant' else m.role}\n{content}<end_of_turn>\n"
+        return out
     if fmt == "steerlm":
         t = _STEERLM
         parts = [t.system.format(m.content) for m in ms if m.role == "system"]

@@ -29,7 +29,7 @@ class GatewayConfig:
     concurrency: int = 64  # ensemble requests in flight
     retry: RetryPolicy = field(default_factory=lambda: GATEWAY_RETRY)
     # /get_reward (OpenRLHF); each also a per-request field of the same name
-    chat_format: str = "auto"  # auto | chatml | llama3 | llama2 | steerlm
+    chat_format: str = "auto"  # auto | chatml | llama3 | llama2 | gemma | steerlm
     strip_tokens: tuple[str, ...] = ()  # policy BOS/EOS/pad texts tolerated around turns, beside the known ones
     on_error: OnError = "fail"  # a bad row fails the request (400), or is flagged and given `invalid_reward`
     invalid_reward: float = 0.0

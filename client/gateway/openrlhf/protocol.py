@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 
-ChatFormatOption = Literal["auto", "chatml", "llama3", "llama2", "steerlm"]
+ChatFormatOption = Literal["auto", "chatml", "llama3", "llama2", "gemma", "steerlm"]
 OnErrorOption = Literal["fail", "flag"]
 
 
