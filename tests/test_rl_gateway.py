@@ -218,7 +218,7 @@ def test_malformed_bodies_are_answered_as_documented(gateway: Gateway) -> None:
         ({"query": [good, 7]}, "query[1]: Input should be a valid string", "query", None),
         ({"query": [good] * 9}, "query has 9 rows, more than this gateway's limit of 8", "query", "too_many_rows"),
         ({"query": [good], "on_error": "ignore"}, "on_error", "on_error", None),
-        ({"query": [good], "chat_format": "gemma"}, "chat_format", "chat_format", None),
+        ({"query": [good], "chat_format": "phi3"}, "chat_format", "chat_format", None),
         ({"query": [good], "scores_as": "both"}, "scores_as", "scores_as", None),
     ]
     for body, fragment, param, code in cases:
