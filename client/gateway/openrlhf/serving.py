@@ -3,8 +3,8 @@
 A row that cannot be parsed, is over-length, or is not a conversation the model scores is a row error:
 - `on_error: "fail"` (default): the request gets 400 naming the first bad row in `message` and `param`
   (`query[i]`), every bad row in `error.rows` (`index`, `code`, `message`); nothing is scored in vain.
-- `on_error: "flag"`: 200; a bad row gets `invalid_reward` as its reward, `null` scores, `valid[i] = false`, its
-  error in `errors`, and `extra_logs.invalid_query[i] = 1.0`.
+- `on_error: "flag"`: 200; a bad row gets `invalid_reward` as its reward, `null` attribute scores,
+  `valid[i] = false`, its error in `errors`, and `extra_logs.invalid_query[i] = 1.0`.
 Failures of the server (503 unavailable, 500 fault) are never a row's: they fail the request in both modes.
 """
 
