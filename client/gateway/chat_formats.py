@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from reward_triton.conversation import ConversationError, from_openai
 from reward_triton.metadata import PromptTemplate
+from reward_triton.serving.conversation import ConversationError, from_openai
 
 ChatFormat = Literal["chatml", "llama3", "llama2", "gemma", "steerlm"]
 FORMATS: tuple[ChatFormat, ...] = ("chatml", "llama3", "llama2", "gemma", "steerlm")
