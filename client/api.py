@@ -17,8 +17,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -168,6 +168,7 @@ class RewardClient:
         concurrency: int = 16,
         timeout: float | None = 120.0,
         retry: RetryPolicy | None = None,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -176,6 +177,8 @@ class RewardClient:
         self.concurrency = concurrency
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.weights = weights  # `reward` = these weights over the scores instead of the checkpoint's (client.weights)
+        self._resolved_weights: tuple[float, ...] | None = None
         self._client: Any = None
         self._semaphore: asyncio.Semaphore | None = None
         self._metadata: ModelMetadata | None = None
@@ -296,7 +299,14 @@ class RewardClient:
                 f"infer({self.model})",
                 lambda: client.infer(self.model, inputs, client_timeout=self.timeout),
             )
-        return self._decode(result, meta)
+        score = self._decode(result, meta)
+        if self.weights is None:
+            return score
+        from client.weights import resolve, weighted_reward  # client.weights imports this module
+
+        if self._resolved_weights is None:
+            self._resolved_weights = resolve(self.weights, meta)
+        return replace(score, reward=weighted_reward(score, meta, self._resolved_weights))
 
     def _decode(self, result: Any, meta: ModelMetadata) -> Score:
         def output(name: str) -> np.ndarray:

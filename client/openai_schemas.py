@@ -44,6 +44,8 @@ class ChatCompletionRequest(BaseModel):
     n: StrictInt | None = None
     stream: StrictBool | None = None
     truncate: StrictBool = False  # not OpenAI: maps to the ensemble's `truncate` input (drop oldest exchanges)
+    # not OpenAI: scalar weights over the attributes (client.weights); the answer gets a last `reward` entry
+    weights: Any = None  # checked against the served model by client.weights.resolve
 
     def conversation(self) -> dict[str, Any]:
         return {"messages": [m.for_ensemble() for m in self.messages]}

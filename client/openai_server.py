@@ -8,8 +8,11 @@ ensemble validates the conversation) and answers the NIM reward shape: `choices[
 `name:value,...` and one `choices[0].logprobs.content` entry per trained attribute (`reward` alone for a
 one-output model), `usage.prompt_tokens` = the ensemble's `num_input_tokens`. Also `GET /v1/models`,
 `/v1/health/ready` (200 only while the ensemble is ready), `/v1/health/live`, and `/metrics` (Prometheus text).
+OpenRLHF's remote reward model `POST /get_reward` and vLLM's `POST /pooling` come from `client/gateway/`
+(docs/rl.md); a request's `weights` replace the checkpoint's scalar weights on every endpoint that returns a reward.
 
-With `REWARD_API_KEY` set, every `/v1/*` request needs `Authorization: Bearer <key>` (constant-time compare).
+With `REWARD_API_KEY` set, every `/v1/*`, `/get_reward` and `/pooling` request needs `Authorization: Bearer <key>`
+(constant-time compare).
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`: 400 bad body / conversation / over-length,
 401 bad key, 404 unknown model or path, 413 body over `--max-body-bytes`, 503 while Triton is unreachable or not
 ready (a short bounded retry only; the channel is renewed after a failure so the gateway recovers by itself),
@@ -19,10 +22,8 @@ ready (a short bounded retry only; the channel is renewed after a failure so the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import bisect
 import hmac
-import json
 import logging
 import os
 import sys
@@ -31,174 +32,64 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client.api import (
-    DEFAULT_MODEL,
-    ModelMetadata,
-    RequestRejected,
-    RetryPolicy,
-    RewardClient,
-    Score,
-    ServerFailure,
-    retryable,
-)
+from client.api import ModelMetadata, Score
 from client.conversations import RecordError, format_value
+from client.gateway.backend import HEALTH_TIMEOUT, RENEW_INTERVAL, Backend
+from client.gateway.body import parse as parse_body
+from client.gateway.body import read_body
+from client.gateway.chat_formats import FORMATS
+from client.gateway.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SERVED_MODEL,
+    GATEWAY_RETRY,
+    GatewayConfig,
+)
+from client.gateway.errors import ApiError, InternalError, InvalidRequest, NotFound, unavailable
+from client.gateway.openrlhf.router import router as get_reward_router
+from client.gateway.openrlhf.serving import GetRewardServing
+from client.gateway.pooling.router import router as pooling_router
+from client.gateway.pooling.serving import PoolingServing
+from client.gateway.rewards import RewardMix
 from client.openai_schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
     ChoiceLogprobs,
-    ErrorBody,
-    ErrorDetail,
     ModelCard,
     ModelList,
     TokenLogprob,
     Usage,
 )
+from client.weights import WeightsError
+from client.weights import parse_option as parse_weights
 
 log = logging.getLogger("reward_openai")
 
 API_KEY_ENV = "REWARD_API_KEY"
-DEFAULT_SERVED_MODEL = "reward-model"
-DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_PORT = 9000
-HEALTH_TIMEOUT = 5.0  # seconds for one readiness probe of the ensemble
-RENEW_INTERVAL = 0.5  # at most one new gRPC channel per this many seconds
-# a short, bounded retry: a gateway answers 503 quickly and lets its caller decide (OpenAI SDKs retry 503)
-GATEWAY_RETRY = RetryPolicy(max_wait=1.0, base_delay=0.05, max_delay=0.2, attempts=2)
+# routes outside /v1 that need the API key too (when one is set); /metrics stays open
+KEYED_ROOT_PATHS = frozenset({"/get_reward", "/pooling"})
 
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    url: str
-    served_model_name: str = DEFAULT_SERVED_MODEL
-    triton_model: str = DEFAULT_MODEL
-    api_key: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    timeout: float = 60.0  # seconds per ensemble request
-    concurrency: int = 64  # ensemble requests in flight
-    retry: RetryPolicy = field(default_factory=lambda: GATEWAY_RETRY)
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        body = ErrorBody(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
-        return JSONResponse(body.model_dump(), status_code=self.status, headers=self.headers)
-
-
-def unavailable(
-    message: str = "the reward model is not available (Triton unreachable or not ready); retry later",
-) -> ApiError:
-    return ApiError(503, message, type="server_error", code="service_unavailable", headers={"Retry-After": "1"})
-
-
-# ---- the shared Triton channel --------------------------------------------------------------------------------
-class Backend:
-    """The one shared `RewardClient` (one gRPC channel), renewed after the channel failed.
-
-    gRPC backs reconnection off for up to minutes once a server went away; a fresh channel connects at once, so
-    after UNAVAILABLE (or a failed readiness probe) the next request gets a new channel (at most one per
-    RENEW_INTERVAL). The old one is closed once requests still on it have had their timeout.
-    """
-
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
-        self._client: RewardClient | None = None
-        self._since = 0.0
-        self._retired: dict[asyncio.Task[None], RewardClient] = {}  # old channels, closed after a grace period
-
-    def current(self) -> RewardClient:
-        if self._client is None:
-            c = self.config
-            self._client = RewardClient(
-                c.url, model=c.triton_model, concurrency=c.concurrency, timeout=c.timeout, retry=c.retry
-            )
-            self._since = time.monotonic()
-        return self._client
-
-    def renew(self, failed: RewardClient) -> None:
-        if failed is not self._client or time.monotonic() - self._since < RENEW_INTERVAL:
-            return
-        self._client = None
-        task = asyncio.ensure_future(self._close_later(failed, self.config.timeout + 1.0))
-        self._retired[task] = failed
-        task.add_done_callback(lambda t: self._retired.pop(t, None))
-
-    @staticmethod
-    async def _close_later(client: RewardClient, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await client.close()
-
-    async def close(self) -> None:
-        for task in list(self._retired):
-            task.cancel()
-        clients = [*self._retired.values(), *([self._client] if self._client is not None else [])]
-        self._retired.clear()
-        self._client = None
-        for client in clients:
-            await client.close()
-
-    async def ready(self) -> bool:
-        client = self.current()
-        try:
-            ok = await asyncio.wait_for(client.ready(), HEALTH_TIMEOUT)
-        except TimeoutError:
-            ok = False
-        if not ok:
-            self.renew(client)
-        return ok
-
-    async def score(self, conversation: dict[str, Any], truncate: bool) -> tuple[Score, ModelMetadata]:
-        client = self.current()
-        try:
-            meta = await client.metadata()
-            return await client.score(conversation, truncate=truncate), meta
-        except RequestRejected as e:
-            message = str(e)
-            code = "context_length_exceeded" if "maximum input length" in message else "invalid_conversation"
-            raise ApiError(400, message, param="messages", code=code) from None
-        except ServerFailure as e:
-            # down, restarting (a dead stub the supervisor heals), timed out, or cut off by a channel renewal
-            if retryable(e.status, str(e)) or e.status == "StatusCode.CANCELLED":
-                log.warning("ensemble unavailable: %s", e)
-                if e.status == "StatusCode.UNAVAILABLE":
-                    self.renew(client)
-                raise unavailable() from None
-            if not await self.ready():
-                log.warning("ensemble not ready: %s", e)
-                raise unavailable() from None
-            log.error("ensemble failed on a request: %s", e)
-            raise ApiError(
-                500, "the reward model failed on this request", type="server_error", code="internal_error"
-            ) from None
-        except Exception:
-            if client is not self._client:  # its channel was renewed (and closed) under this request
-                raise unavailable() from None
-            raise
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_SERVED_MODEL",
+    "GATEWAY_RETRY",
+    "HEALTH_TIMEOUT",
+    "RENEW_INTERVAL",
+    "ApiError",
+    "Backend",
+    "GatewayConfig",
+    "create_app",
+    "main",
+    "unavailable",
+]
 
 
 # ---- metrics (Prometheus text format) -------------------------------------------------------------------------
@@ -249,73 +140,27 @@ class Metrics:
 
 
 # ---- request handling -----------------------------------------------------------------------------------------
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 when Content-Length or the bytes actually streamed exceed `limit`."""
-    too_large = ApiError(413, f"request body is larger than {limit} bytes", code="request_too_large")
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise ApiError(400, f"invalid Content-Length {length!r}") from None
-        if declared > limit:
-            raise too_large
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _where(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("str", "list[ContentPart]"):  # union branch names pydantic adds
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "body"
-
-
 def parse_request(body: bytes) -> ChatCompletionRequest:
-    try:
-        data = json.loads(body)
-    except UnicodeDecodeError as e:
-        raise ApiError(400, f"request body is not valid UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ApiError(400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}")
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as e:
-        errors = e.errors(include_url=False)
-        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in errors[:4])
-        more = f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""
-        param = _where(errors[0]["loc"]).split(".")[0].split("[")[0] if errors else None
-        raise ApiError(400, f"invalid request: {problems}{more}", param=param) from None
+    return parse_body(body, ChatCompletionRequest)
 
 
-def reward_entries(score: Score, meta: ModelMetadata) -> list[tuple[str, float]]:
-    """(name, value) in head order: the trained attributes, or `reward` alone for a one-output model."""
+def reward_entries(score: Score, meta: ModelMetadata, mix: RewardMix | None = None) -> list[tuple[str, float]]:
+    """(name, value) in head order: the trained attributes, or `reward` alone for a one-output model; with
+    request weights (`mix`), a last `reward` entry carries their scalar reward."""
     if len(meta.attribute_names) == 1:
-        return [("reward", score.reward)]
-    return list(score.trained.items())
+        return [("reward", score.reward if mix is None else mix.reward(score))]
+    entries = list(score.trained.items())
+    if mix is not None:
+        entries.append(("reward", mix.reward(score)))
+    return entries
 
 
-def completion(score: Score, meta: ModelMetadata, model: str) -> ChatCompletion:
-    entries = reward_entries(score, meta)
+def completion(score: Score, meta: ModelMetadata, model: str, mix: RewardMix | None = None) -> ChatCompletion:
+    entries = reward_entries(score, meta, mix)
     try:
         content = ",".join(f"{name}:{format_value(value)}" for name, value in entries)
     except RecordError as e:
-        raise ApiError(
-            500, f"the reward model returned an invalid score: {e}", "server_error", None, "internal_error"
-        ) from e
+        raise InternalError(f"the reward model returned an invalid score: {e}") from e
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
@@ -336,7 +181,8 @@ def _authorized(header: str | None, key: str) -> bool:
 
 
 class Guard:
-    """Pure ASGI middleware: the API key on /v1/*, OpenAI-shaped 500s for unhandled errors, request metrics.
+    """Pure ASGI middleware: the API key (on /v1/*, /get_reward and /pooling), OpenAI-shaped 500s for unhandled
+    errors, request metrics.
 
     (Starlette's BaseHTTPMiddleware would add a task group and a body relay per request.)
     """
@@ -360,7 +206,8 @@ class Guard:
         self.metrics.in_flight += 1
         try:
             path: str = scope["path"]
-            if self.api_key is not None and (path == "/v1" or path.startswith("/v1/")):
+            keyed = path == "/v1" or path.startswith("/v1/") or path in KEYED_ROOT_PATHS
+            if self.api_key is not None and keyed:
                 header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
                 if not _authorized(header, self.api_key):
                     message = "invalid or missing API key (Authorization: Bearer <key>)"
@@ -372,8 +219,7 @@ class Guard:
                 log.exception("unhandled error on %s %s", scope.get("method"), path)
                 if status:  # the response had started: nothing more can be sent
                     raise
-                error = ApiError(500, "internal server error", type="server_error", code="internal_error")
-                await error.response()(scope, receive, send_status)
+                await InternalError().response()(scope, receive, send_status)
         finally:
             self.metrics.in_flight -= 1
             route = getattr(scope.get("route"), "path", None) or "other"
@@ -392,6 +238,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     app = FastAPI(title="reward-openai", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.backend, app.state.metrics, app.state.config = backend, metrics, config
+    app.state.get_reward = GetRewardServing(backend, config)
+    app.state.pooling = PoolingServing(backend, config)
 
     app.add_middleware(Guard, api_key=config.api_key, metrics=metrics)
 
@@ -406,8 +254,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     def check_model(name: str) -> None:
         if name != config.served_model_name:
-            raise ApiError(
-                404,
+            raise NotFound(
                 f"the model '{name}' does not exist; this server serves '{config.served_model_name}'",
                 param="model",
                 code="model_not_found",
@@ -418,14 +265,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
         req = parse_request(await read_body(request, config.max_body_bytes))
         check_model(req.model)
         if req.n is not None and req.n != 1:
-            raise ApiError(
-                400, f"n must be 1: a reward model gives one score per conversation (got {req.n})", param="n"
-            )
+            raise InvalidRequest(f"n must be 1: a reward model gives one score per conversation (got {req.n})", "n")
         if req.stream:
-            raise ApiError(400, "stream is not supported: the reward is a single response", param="stream")
+            raise InvalidRequest("stream is not supported: the reward is a single response", param="stream")
+        mix = RewardMix(await backend.metadata(), req.weights) if req.weights is not None else None
         score, meta = await backend.score(req.conversation(), req.truncate)
         metrics.prompt_tokens += score.num_input_tokens
-        return JSONResponse(completion(score, meta, req.model).model_dump())
+        return JSONResponse(completion(score, meta, req.model, mix).model_dump())
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -450,6 +296,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.include_router(get_reward_router)
+    app.include_router(pooling_router)
     return app
 
 
@@ -459,7 +307,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reward-openai",
         description="OpenAI-compatible reward API (NIM shape) in front of the Triton reward ensemble. "
-        f"Set {API_KEY_ENV} to require 'Authorization: Bearer <key>' on /v1/*.",
+        f"Also OpenRLHF's POST /get_reward and vLLM's POST /pooling (docs/rl.md). Set {API_KEY_ENV} to require "
+        "'Authorization: Bearer <key>' on /v1/*, /get_reward and /pooling.",
     )
     p.add_argument("--url", required=True, help="Triton gRPC endpoint HOST:PORT (e.g. localhost:8001)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
@@ -476,6 +325,51 @@ def parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=d.concurrency, help="ensemble requests in flight (default: %(default)s)"
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    g = p.add_argument_group(
+        "/get_reward (OpenRLHF)",
+        "--chat-format, --on-error, --invalid-reward, --truncate and --scores-as are defaults a request may "
+        "override with the fields chat_format, on_error, invalid_reward, truncate and scores_as (docs/rl.md)",
+    )
+    g.add_argument(
+        "--chat-format",
+        default=d.chat_format,
+        choices=["auto", *FORMATS],
+        help="the policy's chat format of every query; auto detects it per query (default: %(default)s)",
+    )
+    g.add_argument(
+        "--strip-token",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a policy BOS/EOS/pad text to skip around turns, beside the known ones (repeatable)",
+    )
+    g.add_argument(
+        "--on-error",
+        default=d.on_error,
+        choices=["fail", "flag"],
+        help="a bad row (unparseable, over-length): fail the request with 400, or flag the row and give it "
+        "--invalid-reward (default: %(default)s)",
+    )
+    g.add_argument("--invalid-reward", type=float, default=d.invalid_reward, help="reward of a flagged row (0.0)")
+    g.add_argument("--truncate", action="store_true", help="over-long queries drop their oldest exchanges")
+    g.add_argument(
+        "--scores-as",
+        default=d.scores_as,
+        choices=["attributes", "reward"],
+        help="what /get_reward's `scores` holds: the attribute vectors, or each row's reward as OpenRLHF's own "
+        "serve_rm answers (its newer trainers read `scores` as a per-sample scalar) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-rows",
+        type=int,
+        default=d.max_rows,
+        help="queries per /get_reward request, texts per /pooling request (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weights",
+        help="default scalar weights of /get_reward and /pooling instead of the checkpoint's: one per trained "
+        "attribute ('0.3,0.74,0.46,0.47,-0.33'), one per model output, or 'name=w,...' / JSON",
+    )
     return p
 
 
@@ -483,8 +377,12 @@ def config_from_args(a: argparse.Namespace, environ: dict[str, str] | os._Enviro
     key = environ.get(API_KEY_ENV)
     if key is not None and not key.strip():
         raise ValueError(f"{API_KEY_ENV} is set but empty: unset it to serve without a key")
-    if a.max_body_bytes < 1 or a.concurrency < 1 or a.timeout <= 0:
-        raise ValueError("--max-body-bytes, --concurrency and --timeout must be positive")
+    if a.max_body_bytes < 1 or a.concurrency < 1 or a.timeout <= 0 or a.max_rows < 1:
+        raise ValueError("--max-body-bytes, --concurrency, --timeout and --max-rows must be positive")
+    try:
+        weights = None if a.weights is None else parse_weights(a.weights)
+    except WeightsError as e:
+        raise ValueError(str(e)) from None
     return GatewayConfig(
         url=a.url,
         served_model_name=a.served_model_name,
@@ -493,6 +391,14 @@ def config_from_args(a: argparse.Namespace, environ: dict[str, str] | os._Enviro
         max_body_bytes=a.max_body_bytes,
         timeout=a.timeout,
         concurrency=a.concurrency,
+        chat_format=a.chat_format,
+        strip_tokens=tuple(a.strip_token),
+        on_error=a.on_error,
+        invalid_reward=a.invalid_reward,
+        truncate=a.truncate,
+        max_rows=a.max_rows,
+        scores_as=a.scores_as,
+        weights=weights,
     )
 
 
