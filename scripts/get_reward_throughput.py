@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from client.api import RewardClient, Score
-from client.gateway import chat_formats
+from gateway import chat_formats
 
 
 def conversations(n: int) -> list[list[dict[str, str]]]:

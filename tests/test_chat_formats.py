@@ -1,4 +1,4 @@
-"""Policy chat formats → messages (client/gateway/chat_formats.py) and request weights (client/weights.py).
+"""Policy chat formats → messages (gateway/chat_formats.py) and request weights (client/weights.py).
 
 The texts are written out by hand as each policy's chat template produces them (not with the module's own
 `render`), so a parser bug cannot cancel out against a renderer bug; one round-trip test covers `render` too.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from client.api import ModelMetadata, Score
-from client.gateway import chat_formats as cf
 from client.weights import WeightsError, parse_option, resolve, weighted_reward
+from gateway import chat_formats as cf
 
 SYSTEM, USER, ANSWER = "Be brief.", "What is 2+2?", "It is 4."
 EXPECTED = [

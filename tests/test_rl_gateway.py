@@ -24,7 +24,7 @@ from test_openai_api import NEMOTRON_NAME, Gateway, _options, run_gateway
 from triton_server import RunningServer, make_client, serve_fixture
 
 from client.api import ModelMetadata, RequestRejected, RewardClient, Score, f32
-from client.gateway import chat_formats as cf
+from gateway import chat_formats as cf
 
 pytestmark = pytest.mark.server
 REWARD_CLIENT = Path(sys.executable).with_name("reward-client")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from client.gateway.backend import Backend
-from client.gateway.config import GatewayConfig
-from client.gateway.errors import InvalidRequest, NotFound
-from client.gateway.pooling.protocol import PoolingRequest, PoolingResponse, PoolingResponseData, UsageInfo
-from client.gateway.rewards import RewardMix
+from gateway.backend import Backend
+from gateway.config import GatewayConfig
+from gateway.errors import InvalidRequest, NotFound
+from gateway.pooling.protocol import PoolingRequest, PoolingResponse, PoolingResponseData, UsageInfo
+from gateway.rewards import RewardMix
 
 
 class PoolingServing:

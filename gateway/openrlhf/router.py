@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from client.gateway import body
-from client.gateway.openrlhf.protocol import GetRewardRequest
-from client.gateway.openrlhf.serving import GetRewardServing
+from gateway import body
+from gateway.openrlhf.protocol import GetRewardRequest
+from gateway.openrlhf.serving import GetRewardServing
 
 router = APIRouter()
 

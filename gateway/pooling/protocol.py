@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from client.openai_schemas import ChatMessage
+from gateway.openai.protocol import ChatMessage
 
 
 class PoolingRequest(BaseModel):

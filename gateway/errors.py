@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from client.openai_schemas import ErrorBody, ErrorDetail
+from gateway.openai.protocol import ErrorBody, ErrorDetail
 
 
 class ApiError(Exception):

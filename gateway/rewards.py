@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from client.api import ModelMetadata, Score
-from client.gateway.errors import InvalidRequest
 from client.weights import Weights, WeightsError, resolve, weighted_reward
+from gateway.errors import InvalidRequest
 
 
 class RewardMix:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 
 from client.api import Score
-from client.gateway import chat_formats
-from client.gateway.backend import Backend
-from client.gateway.config import GatewayConfig
-from client.gateway.errors import ApiError, InvalidRequest
-from client.gateway.openrlhf.protocol import GetRewardRequest, GetRewardResponse, RowError
-from client.gateway.rewards import RewardMix
+from gateway import chat_formats
+from gateway.backend import Backend
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError, InvalidRequest
+from gateway.openrlhf.protocol import GetRewardRequest, GetRewardResponse, RowError
+from gateway.rewards import RewardMix
 
 
 class GetRewardServing:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from client.gateway.errors import ApiError, InvalidRequest
+from gateway.errors import ApiError, InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 SCALAR_BRANCHES = frozenset({"str", "int", "float", "bool"})

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from client.gateway import body
-from client.gateway.pooling.protocol import PoolingRequest
-from client.gateway.pooling.serving import PoolingServing
+from gateway import body
+from gateway.pooling.protocol import PoolingRequest
+from gateway.pooling.serving import PoolingServing
 
 router = APIRouter()
 

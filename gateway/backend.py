@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from client.api import ModelMetadata, RequestRejected, RewardClient, Score, ServerFailure, retryable
-from client.gateway.config import GatewayConfig
-from client.gateway.errors import InternalError, InvalidRequest, Unavailable
+from gateway.config import GatewayConfig
+from gateway.errors import InternalError, InvalidRequest, Unavailable
 
 log = logging.getLogger("reward_openai")
 
