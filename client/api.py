@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from reward_triton import model_config
+from reward_triton.errors import ErrorCode, untag
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_MODEL = "ensemble"
@@ -47,7 +48,17 @@ class RewardClientError(Exception):
 
 
 class RequestRejected(RewardClientError):
-    """The server rejected this request (INVALID_ARG); the message is the server's reason."""
+    """The server rejected this request (INVALID_ARG); the message is the server's reason, `code` its
+    machine-readable kind (reward_triton.errors.ErrorCode: context_length_exceeded, invalid_json, ...)."""
+
+    def __init__(self, message: str, code: str = ErrorCode.INVALID_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, server_message: str) -> RequestRejected:
+        code, message = untag(server_message)
+        return cls(message, code or ErrorCode.INVALID_REQUEST)
 
 
 class ServerFailure(RewardClientError):
@@ -224,7 +235,7 @@ class RewardClient:
             except InferenceServerException as e:
                 status, message = _status(e), _message(e)
                 if status in REJECTED:
-                    raise RequestRejected(message) from None
+                    raise RequestRejected.of(message) from None
                 delay = self.retry.delay(attempt)
                 waited = time.monotonic() - first
                 if not retryable(status, message) or self.retry.gives_up(attempt, waited, delay):

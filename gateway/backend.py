@@ -93,9 +93,7 @@ class Backend:
             meta = await client.metadata()
             return await client.score(conversation, text=text, truncate=truncate), meta
         except RequestRejected as e:
-            message = str(e)
-            code = "context_length_exceeded" if "maximum input length" in message else "invalid_conversation"
-            raise InvalidRequest(message, param=param, code=code) from None
+            raise InvalidRequest(str(e), param=param, code=e.code) from None
         except ServerFailure as e:
             raise await self._failure(client, e) from None
         except Exception:

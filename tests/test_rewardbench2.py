@@ -67,7 +67,10 @@ class TextScorer:
             raise ServerFailure("infer(ensemble) at x failed: StatusCode.UNAVAILABLE", "StatusCode.UNAVAILABLE")
         text = conversation["messages"][-1]["content"]
         if text == "TOO-LONG":
-            raise RequestRejected("conversation is 9999 tokens, more than the engine's maximum input length of 128")
+            raise RequestRejected(
+                "conversation is 9999 tokens, more than the engine's maximum input length of 128",
+                "context_length_exceeded",
+            )
         await asyncio.sleep(0)
         return Score(scores={"reward": float(text[2:])}, reward=float(text[2:]), num_input_tokens=3, truncated=False)
 

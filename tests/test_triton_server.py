@@ -353,6 +353,35 @@ def test_bad_requests_get_invalid_arg(nemotron: RunningServer, references: dict,
     _check(out, ref, ref.ids(steerlm("S", SINGLE)))
 
 
+def test_request_errors_carry_their_code(nemotron: RunningServer, references: dict) -> None:
+    """A request error reaches the client tagged with its machine-readable code (reward_triton.errors), which the
+    client library reads back; errors Triton itself raises (a wrong dtype) carry none."""
+    from client.api import RequestRejected
+    from reward_triton.errors import untag
+
+    ref = _reference(nemotron, references)
+    client = make_client(nemotron)
+    long_turns = [("user", "q"), ("assistant", "the model is helpful " * 200)]
+    cases = [
+        ({"conversation": bytes_input('{"messages": [')}, "invalid_json"),
+        ({"conversation": conversation_input([{"role": "tool", "content": "x"}])}, "invalid_conversation"),
+        ({"conversation": conversation_input(_messages(long_turns))}, "context_length_exceeded"),
+        ({"text": bytes_input("a" * (10 << 20))}, "request_too_large"),
+        ({"text": bytes_input("")}, "invalid_request"),
+        ({"conversation": np.array([[1]], dtype=np.int32)}, None),
+    ]
+    for inputs, want in cases:
+        with pytest.raises(InferenceServerException) as e:
+            infer(client, "ensemble", inputs)
+        code, message = untag(e.value.message())
+        assert code == want, e.value.message()
+        if want is not None:
+            assert e.value.message().endswith(f"[{want}] {message}")  # Triton prefixes "in ensemble ..."
+            rejected = RequestRejected.of(e.value.message())
+            assert rejected.code == want and str(rejected) == message
+    assert ref.meta.max_input_len < len(ref.ids(steerlm("S", long_turns)))
+
+
 def test_engine_refuses_what_the_cpp_backend_refuses(nemotron: RunningServer, references: dict) -> None:
     """The `tensorrt_llm` model answers as NVIDIA's C++ backend does (reward_triton/serving/trtllm_contract.py): the
     same refusals, with its messages and status (INTERNAL); and it stays healthy afterwards."""

@@ -37,7 +37,15 @@ class GetRewardRequest(BaseModel):
 
 class RowError(BaseModel):
     index: int  # the row in `query`
-    code: Literal["unparseable_query", "context_length_exceeded", "invalid_conversation"]
+    # unparseable_query (the policy's chat format), or the ensemble's code (reward_triton.errors.ErrorCode)
+    code: Literal[
+        "unparseable_query",
+        "context_length_exceeded",
+        "invalid_conversation",
+        "invalid_json",
+        "invalid_request",
+        "request_too_large",
+    ]
     message: str
 
 

@@ -96,7 +96,7 @@ class GetRewardServing:
         try:
             score, _ = await self.backend.score(parsed.conversation(), truncate, param=f"query[{index}]")
         except ApiError as e:
-            if e.status == 400 and e.code in ("context_length_exceeded", "invalid_conversation"):
+            if e.status == 400:  # the ensemble refused this row (its code says why: reward_triton.errors)
                 return RowError(index=index, code=e.code, message=e.message)  # type: ignore[arg-type]
             raise
         return score

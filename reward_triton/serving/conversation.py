@@ -15,14 +15,19 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from reward_triton.errors import ErrorCode, RequestError
+
 Role = Literal["user", "assistant"]
 OPENAI_ROLES = ("system", "user", "assistant")
 NEMO_ASSISTANT = "Assistant"
 NEMO_DEFAULT_MASK = "User"
 
 
-class ConversationError(ValueError):
+class ConversationError(RequestError):
     """The request's conversation is malformed; the message says what is wrong and where."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INVALID_CONVERSATION) -> None:
+        super().__init__(message, code)
 
 
 @dataclass(frozen=True)
@@ -211,5 +216,5 @@ def loads(text: str | bytes) -> Conversation:
     try:
         data = decode_json(text, "conversation")
     except JSONTextError as e:
-        raise ConversationError(str(e)) from None
+        raise ConversationError(str(e), ErrorCode.INVALID_JSON) from None
     return parse(data)

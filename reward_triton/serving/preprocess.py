@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from reward_triton.errors import RequestError
+from reward_triton.errors import ErrorCode, RequestError
 from reward_triton.metadata import RewardMetadata
 from reward_triton.serving import prompt
-from reward_triton.serving.conversation import Conversation, ConversationError, loads
+from reward_triton.serving.conversation import Conversation, loads
 from reward_triton.serving.results import Failure
 
 TEXT_INPUTS = ("conversation", "text", "sentences")
@@ -120,9 +120,10 @@ class Preprocessor:
     def _render(self, conv: Conversation) -> str:
         return prompt.render(conv, self.meta.template, self.meta.default_system_prompt)
 
-    def _too_long(self, n: int, what: str) -> RequestError:
+    def _too_long(self, n: int, what: str, then: str = "") -> RequestError:
         return RequestError(
-            f"{what} is {n} tokens, more than the engine's maximum input length of {self.max_input_len} tokens"
+            f"{what} is {n} tokens, more than the engine's maximum input length of {self.max_input_len} tokens{then}",
+            ErrorCode.CONTEXT_LENGTH_EXCEEDED,
         )
 
     def _encode(self, text: str, what: str) -> list[int]:
@@ -136,21 +137,21 @@ class Preprocessor:
         if len(ids) <= self.max_input_len:
             return Prepared(ids)
         if not truncate:
-            raise RequestError(
-                f"{self._too_long(len(ids), 'conversation')} (set truncate=true to drop the oldest turns)"
-            )
+            raise self._too_long(len(ids), "conversation", " (set truncate=true to drop the oldest turns)")
         groups = conv.exchanges()[:-1]  # the last exchange is never dropped
         if not groups:
-            raise RequestError(f"{self._too_long(len(ids), 'conversation')}, and it has no earlier turns to drop")
+            raise self._too_long(len(ids), "conversation", ", and it has no earlier turns to drop")
 
         def attempt(k: int) -> list[int]:
             return self._encode(self._render(conv.without_turns(0, groups[k - 1][1])), "conversation")
 
         shortest = attempt(len(groups))
         if len(shortest) > self.max_input_len:
-            raise RequestError(
-                f"{self._too_long(len(ids), 'conversation')}; even after dropping all {groups[-1][1]} earlier turns "
-                f"the system prompt and the last exchange are {len(shortest)} tokens"
+            raise self._too_long(
+                len(ids),
+                "conversation",
+                f"; even after dropping all {groups[-1][1]} earlier turns the system prompt and the last exchange "
+                f"are {len(shortest)} tokens",
             )
         lo, hi, best = 1, len(groups), shortest  # smallest number of dropped exchanges that fits
         while lo < hi:
@@ -195,7 +196,8 @@ class Preprocessor:
         if len(value) > self.max_request_bytes:
             raise RequestError(
                 f"input '{name}' is {len(value)} bytes, more than the request limit of {self.max_request_bytes} "
-                "bytes (max_request_bytes)"
+                "bytes (max_request_bytes)",
+                ErrorCode.REQUEST_TOO_LARGE,
             )
         return bytes(value)
 
@@ -233,20 +235,17 @@ class Preprocessor:
             raise RequestError("add_EOS applies to 'sentences' input only (the reward_model model)")
         raw = self.bytes_input(name, array)
         if name == "conversation":
-            try:
-                conv = loads(raw)
-            except ConversationError as e:
-                raise RequestError(str(e)) from e
-            return self.conversation(conv, truncate=truncate)
+            return self.conversation(loads(raw), truncate=truncate)
         text = self.decode_text(name, raw)
         if name == "sentences":
             return self.sentences(text, add_eos)
         if truncate:
             ids = self._encode(text, "text")
             if len(ids) > self.max_input_len:
-                raise RequestError(
-                    f"{self._too_long(len(ids), 'text')}; truncate applies to 'conversation' input only "
-                    "(templated text has no turns to drop)"
+                raise self._too_long(
+                    len(ids),
+                    "text",
+                    "; truncate applies to 'conversation' input only (templated text has no turns to drop)",
                 )
             return Prepared(ids)
         return self.text(text)

@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from reward_triton.errors import RequestError, ServerFault
+from reward_triton.errors import ErrorCode, RequestError, ServerFault
 
 log = logging.getLogger("reward_triton")
 T = TypeVar("T")
@@ -29,11 +29,12 @@ class Failure:
     message: str
     invalid_request: bool  # True: INVALID_ARG (the client's mistake); False: INTERNAL (ours)
     retryable: bool = False  # UNAVAILABLE: the server is busy or restarting, the same request may succeed later
+    code: ErrorCode | None = None  # a request error's code: its message reaches the client tagged with it
 
     @classmethod
     def of(cls, error: BaseException) -> Failure:
         if isinstance(error, RequestError):
-            return cls(str(error), True)
+            return cls(str(error), True, code=error.code)
         if isinstance(error, ServerFault):
             return cls(str(error), False)
         return cls(f"internal error: {type(error).__name__}: {error}", False)

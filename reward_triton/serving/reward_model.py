@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from reward_triton.errors import RequestError
+from reward_triton.errors import ErrorCode, RequestError
 from reward_triton.serving.head import PostprocessStage
 from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
 from reward_triton.serving.results import Failure, Inputs, Outputs, guarded
@@ -95,7 +95,10 @@ class RewardModelStage:
                 raise RequestError("'sequence_lengths' goes with 'tokens', not with 'sentences'")
             rows = self._sentence_rows(_rows_of("sentences", np.asarray(sentences)), add_eos)
         if len(rows.sequences) > self.max_rows:
-            raise RequestError(f"{len(rows.sequences)} rows in one request, more than the maximum of {self.max_rows}")
+            raise RequestError(
+                f"{len(rows.sequences)} rows in one request, more than the maximum of {self.max_rows}",
+                ErrorCode.REQUEST_TOO_LARGE,
+            )
         return rows
 
     def _token_rows(self, tokens: np.ndarray, lengths_in: np.ndarray | None) -> Rows:
@@ -121,7 +124,8 @@ class RewardModelStage:
             if n > limit:
                 raise RequestError(
                     f"row {i} is {n} tokens, more than the engine's maximum input length of {limit} "
-                    "(token rows are never cut: shorten the rollout)"
+                    "(token rows are never cut: shorten the rollout)",
+                    ErrorCode.CONTEXT_LENGTH_EXCEEDED,
                 )
             row = tokens[i, :n]
             low, high = int(row.min()), int(row.max())
@@ -147,7 +151,7 @@ class RewardModelStage:
                 raw = self.pre.bytes_input("sentences", sentences[i : i + 1])
                 prepared = self.pre.sentences(self.pre.decode_text("sentences", raw), add_eos)
             except RequestError as e:
-                raise RequestError(f"row {i}: {e}") from None
+                raise RequestError(f"row {i}: {e}", e.code) from None
             sequences.append(prepared.input_ids)
             exceeded.append(prepared.truncated)
         return Rows(sequences, exceeded)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from reward_triton import model_config
+from reward_triton.errors import tagged
 from reward_triton.serving.results import Failure, Inputs, Stage
 
 log = logging.getLogger("reward_triton")
@@ -51,7 +52,8 @@ def error_response(pb: Any, failure: Failure) -> Any:
     code = pb.TritonError.INVALID_ARG if failure.invalid_request else pb.TritonError.INTERNAL
     if failure.retryable:
         code = getattr(pb.TritonError, "UNAVAILABLE", code)
-    return pb.InferenceResponse(error=pb.TritonError(failure.message, code))
+    message = tagged(failure.code, failure.message) if failure.invalid_request and failure.code else failure.message
+    return pb.InferenceResponse(error=pb.TritonError(message, code))
 
 
 def execute(pb: Any, stage: Stage, requests: Sequence[Any]) -> list[Any]:
