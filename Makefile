@@ -1,5 +1,6 @@
 # reward-triton: `make demo` runs the whole job on the embedded demo model, `make test` passes the tests.
-PYTHON ?= python3.11
+# Python 3.11 or 3.12 (NVIDIA's Triton TRT-LLM containers from 25.01 ship 3.12): the first one found.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || echo python3.11)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -30,16 +31,16 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# `make bench`: conversion throughput (build_engine.bench) and engine speed against Hugging Face on the same weights,
-# threads and dtype (reward_triton.bench_engine; BENCH_ENGINE_ARGS e.g. `--device cuda --preset llama2-13b`).
+# `make bench`: conversion throughput (tooling.bench_convert) and engine speed against Hugging Face on the same weights,
+# threads and dtype (tooling.bench_engine; BENCH_ENGINE_ARGS e.g. `--device cuda --preset llama2-13b`).
 BENCH_ENGINE_ARGS ?= --device cpu --preset cpu-nemotron,cpu-llama --dtype float32,bfloat16 --json build/bench/engine.json
 bench: bench-convert bench-engine
 
 bench-convert: install
-	$(PY) -m build_engine.bench
+	$(PY) -m tooling.bench_convert
 
 bench-engine: install
-	$(PY) -m reward_triton.bench_engine $(BENCH_ENGINE_ARGS)
+	$(PY) -m tooling.bench_engine $(BENCH_ENGINE_ARGS)
 
 # ---- serving: `make engine` renders model_repository/, `make serve` runs tritonserver on it, `make perf` measures.
 # The embedded demo checkpoint (demo/README.md) is the default NEMO; `NEMO=build/fixture-nemotron` (or -llama)
@@ -51,6 +52,13 @@ PP ?= 1
 NP ?= 1
 MPIRUN_ARGS ?= --allow-run-as-root --oversubscribe
 TRTLLM_BUILD_ARGS ?=
+# BACKEND=tensorrtllm: KV_CACHE_REUSE=0 renders enable_kv_cache_reuse "false"; ENGINE_DIR_IN_CONTAINER=/engines/x
+# writes the engine path as the serving container sees it; RENDER_ARGS passes more render options.
+KV_CACHE_REUSE ?= 1
+ENGINE_DIR_IN_CONTAINER ?=
+RENDER_ARGS ?=
+RENDER_FLAGS = $(if $(filter 0,$(KV_CACHE_REUSE)),--no-kv-cache-reuse) \
+	$(if $(ENGINE_DIR_IN_CONTAINER),--engine-dir-in-container $(ENGINE_DIR_IN_CONTAINER)) $(RENDER_ARGS)
 CONVERT_ARGS ?=
 DTYPE ?= bfloat16
 BACKEND ?= torch
@@ -65,11 +73,11 @@ PERF_CONCURRENCY ?= 1:16
 PERF_ARGS ?=
 
 build/fixture-%: | $(STAMP)
-	$(PY) -m build_engine.fixtures --arch $* --format zarr --seq-length 512 --out $@
+	$(PY) -m tooling.fixtures --arch $* --format zarr --seq-length 512 --out $@
 
 # hidden 512, 8 layers (the engine benchmark's shape): `make engine perf NEMO=build/fixture-large-nemotron`
 build/fixture-large-%: | $(STAMP)
-	$(PY) -m build_engine.bench_fixture --arch $* --seq-length 512 --out $@
+	$(PY) -m tooling.bench_fixture --arch $* --seq-length 512 --out $@
 
 engine: install $(filter build/fixture-%,$(NEMO))
 ifeq ($(shell test "$(NP)" -gt 1 2>/dev/null && echo mpi),mpi)
@@ -82,10 +90,10 @@ ifeq ($(BACKEND),tensorrtllm)
 	$(PY) -m build_engine.trtllm_build --checkpoint $(CHECKPOINT) --output $(TRTLLM_ENGINE) --max-batch-size $(MAX_BATCH_SIZE) \
 		$(TRTLLM_BUILD_ARGS)
 	$(PY) -m build_engine.repository --checkpoint $(CHECKPOINT) --backend tensorrtllm --engine-dir $(TRTLLM_ENGINE) \
-		--repository $(REPOSITORY) --max-batch-size $(MAX_BATCH_SIZE)
+		--repository $(REPOSITORY) --max-batch-size $(MAX_BATCH_SIZE) $(RENDER_FLAGS)
 else
 	$(PY) -m build_engine.repository --checkpoint $(CHECKPOINT) --backend $(BACKEND) --repository $(REPOSITORY) \
-		--max-batch-size $(MAX_BATCH_SIZE)
+		--max-batch-size $(MAX_BATCH_SIZE) $(RENDER_FLAGS)
 endif
 
 # The whole job on the embedded demo model: install, convert + render, start tritonserver, score samples, stop.
@@ -118,7 +126,7 @@ else
 endif
 
 $(VENV)/bin/perf_analyzer: | $(STAMP)
-	$(PY) -m reward_triton.perf install
+	$(PY) -m tooling.perf install
 
 perf: install $(REPOSITORY)/ensemble/config.pbtxt $(VENV)/bin/perf_analyzer
-	$(PY) -m reward_triton.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY) $(PERF_ARGS)
+	$(PY) -m tooling.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY) $(PERF_ARGS)

@@ -17,17 +17,20 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
+
+from reward_triton import model_config
+from reward_triton.errors import ErrorCode, untag
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_MODEL = "ensemble"
 RETRYABLE = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"})
 REJECTED = frozenset({"StatusCode.INVALID_ARGUMENT"})
-# INTERNAL with this text: a dead python backend stub (reward_triton.supervisor restarts the server)
+# INTERNAL with this text: a dead python backend stub (reward_triton.ops.supervisor restarts the server)
 DEAD_STUB = "is not healthy"
 # reconnect to a restarted server within seconds (gRPC's default backoff grows to 120 s)
 CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
@@ -45,7 +48,17 @@ class RewardClientError(Exception):
 
 
 class RequestRejected(RewardClientError):
-    """The server rejected this request (INVALID_ARG); the message is the server's reason."""
+    """The server rejected this request (INVALID_ARG); the message is the server's reason, `code` its
+    machine-readable kind (reward_triton.errors.ErrorCode: context_length_exceeded, invalid_json, ...)."""
+
+    def __init__(self, message: str, code: str = ErrorCode.INVALID_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, server_message: str) -> RequestRejected:
+        code, message = untag(server_message)
+        return cls(message, code or ErrorCode.INVALID_REQUEST)
 
 
 class ServerFailure(RewardClientError):
@@ -73,7 +86,7 @@ class ModelMetadata:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], model: str = DEFAULT_MODEL) -> ModelMetadata:
         """`config` is the model config as JSON (get_model_config(..., as_json=True)["config"])."""
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = model_config.parameters(config)
 
         def load(key: str) -> list[Any]:
             raw = params.get(key)
@@ -166,6 +179,7 @@ class RewardClient:
         concurrency: int = 16,
         timeout: float | None = 120.0,
         retry: RetryPolicy | None = None,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -174,6 +188,8 @@ class RewardClient:
         self.concurrency = concurrency
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.weights = weights  # `reward` = these weights over the scores instead of the checkpoint's (client.weights)
+        self._resolved_weights: tuple[float, ...] | None = None
         self._client: Any = None
         self._semaphore: asyncio.Semaphore | None = None
         self._metadata: ModelMetadata | None = None
@@ -219,7 +235,7 @@ class RewardClient:
             except InferenceServerException as e:
                 status, message = _status(e), _message(e)
                 if status in REJECTED:
-                    raise RequestRejected(message) from None
+                    raise RequestRejected.of(message) from None
                 delay = self.retry.delay(attempt)
                 waited = time.monotonic() - first
                 if not retryable(status, message) or self.retry.gives_up(attempt, waited, delay):
@@ -294,7 +310,14 @@ class RewardClient:
                 f"infer({self.model})",
                 lambda: client.infer(self.model, inputs, client_timeout=self.timeout),
             )
-        return self._decode(result, meta)
+        score = self._decode(result, meta)
+        if self.weights is None:
+            return score
+        from client.weights import resolve, weighted_reward  # client.weights imports this module
+
+        if self._resolved_weights is None:
+            self._resolved_weights = resolve(self.weights, meta)
+        return replace(score, reward=weighted_reward(score, meta, self._resolved_weights))
 
     def _decode(self, result: Any, meta: ModelMetadata) -> Score:
         def output(name: str) -> np.ndarray:

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reward_triton.conversation import JSONTextError, decode_json
+from reward_triton.serving.conversation import JSONTextError, decode_json
 
 NEMO_DEFAULT_MASK = "User"
 STEERLM_MIN, STEERLM_MAX = 0.0, 4.0

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from client.api import RewardClient, Score
-from reward_triton.server import ServerProcess
+from reward_triton.ops.server import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 

@@ -45,7 +45,10 @@ class FakeScorer:
         await asyncio.sleep(self.rng.uniform(0, self.delay))
         text = json.dumps(conversation)
         if TOO_LONG in text:
-            raise RequestRejected("conversation is 9999 tokens, more than the engine's maximum input length of 512")
+            raise RequestRejected(
+                "conversation is 9999 tokens, more than the engine's maximum input length of 512",
+                "context_length_exceeded",
+            )
         scores = fake_scores(conversation)
         return Score(scores=scores, reward=sum(scores.values()), num_input_tokens=len(text) // 4, truncated=False,
                      trained_attributes=TRAINED)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The PyTorch engine's prefix cache (reward_triton/prefix_cache.py) against cold runs of the same engine.
+"""The PyTorch engine's prefix cache (reward_triton/engine/prefix_cache.py) against cold runs of the same engine.
 
 Oracle: the engine with the cache off, one sequence at a time, on the same weights (tiny Nemotron-shaped GQA and
 Llama-shaped MHA). Warm scores must equal it within 1e-5 (fp32); batch-invariant mode must be bit-identical
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from reward_triton.bench_engine import PRESETS, random_weights
-from reward_triton.engine import TorchEngine
-from reward_triton.prefix_cache import PrefixCache, block_hashes
-from reward_triton.reward_model import RewardModelStage, Rows, execute_fanout, first_wave
+from reward_triton.engine.model import TorchEngine
+from reward_triton.engine.prefix_cache import PrefixCache, block_hashes
+from reward_triton.serving.reward_model import RewardModelStage, Rows, execute_fanout, first_wave
+from tooling.bench_engine import PRESETS, random_weights
 
 BLOCK = 16
 VOCAB = 512
@@ -333,7 +333,7 @@ def test_benchmark_runs_the_same_work_off_and_on(tmp_path: Path) -> None:
     fewer computed with the cache, the same logits."""
     from triton_server import fixture_checkpoint
 
-    from reward_triton.bench_prefix import bench
+    from tooling.bench_prefix import bench
 
     result = bench(fixture_checkpoint(tmp_path, "llama"), "float32", repeats=1, max_batch=64, budget=1 << 28, block=32)
     tokens = result["tokens"]

@@ -14,9 +14,10 @@ import pytest
 from triton_server import RunningServer, make_client, serve_fixture
 
 from build_engine.repository import RenderOptions
-from reward_triton.engine import TorchEngine
-from reward_triton.metadata import RewardMetadata, scores
-from reward_triton.prefix_cache import DEFAULT_BLOCK_TOKENS
+from reward_triton.engine.model import TorchEngine
+from reward_triton.engine.prefix_cache import DEFAULT_BLOCK_TOKENS
+from reward_triton.metadata import RewardMetadata
+from reward_triton.serving.head import scores
 
 pytestmark = pytest.mark.server
 
