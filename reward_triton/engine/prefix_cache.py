@@ -10,8 +10,9 @@ the tokens after them (reward_triton/engine.py), attending to the stored keys an
 - A block is one tensor [layers, block_tokens, 2 * kv_heads, head_dim]: every layer's post-rotary K heads then V
   heads, in the engine's compute dtype.
 - Memory: the stored blocks' bytes never exceed `budget_bytes`; storing a block evicts the least recently used ones
-  first. A lookup or store touches its chain deepest block first, so a block is always more recent than its
-  descendants and eviction takes a chain from its tail (a block whose parent is gone could never be reached).
+  first (never a block of the chain being stored: a chain longer than the budget keeps its first blocks). A lookup
+  or store touches its chain deepest block first, so a block is always more recent than its descendants and
+  eviction takes a chain from its tail (a block whose parent is gone could never be reached).
   The bytes a running forward holds (the blocks it read, the keys/values it computes) are outside the budget.
 - Threads: one lock around the table. A forward keeps references to the blocks it read, so an eviction meanwhile
   only drops them from the table; their memory is freed when the forward lets go of them.
