@@ -33,8 +33,9 @@ examples:
 annotate resumes by itself: rerun the same command after an interruption (even kill -9) and it continues
 where it stopped; the output equals an uninterrupted run. While the server is down or restarting, requests are
 retried (--retry-for, 10 minutes for annotate) and the progress line says "server unavailable, retrying". Lines
-that cannot be scored (unreadable, or rejected by the server) go to OUT.errors.jsonl (line number and reason) and
-the job goes on; the exit status is 1 when any line failed, 2 on other errors.
+that cannot be read, and turns the server rejects, go to OUT.errors.jsonl (line, turn and reason) and the job
+goes on; the exit status is 1 when any line or turn failed or nothing was scored, 2 on other errors, 130 when
+interrupted. OUT is written as OUT.part and renamed when complete; no output path may be the input.
 """
 
 
@@ -92,14 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "annotate",
-        "label every labelled assistant turn of a NeMo jsonl file (resumable)",
-        "Score every assistant turn that has a non-null 'label' (on the conversation up to that turn) and "
-        "write the labels as name:value strings. Resumable; output in input order.",
+        "label the assistant turns of a NeMo or OpenAI jsonl file (resumable)",
+        "Score every assistant turn that has a non-null 'label' (NeMo form: every speaker but the mask is the "
+        "assistant) and every assistant message (OpenAI 'messages' form), each on the conversation up to that turn, "
+        "and write the labels as name:value strings into the turn's 'label'. A turn the server rejects gets "
+        "label null and 'label_error'; labels of a --truncate'd conversation get 'label_truncated': true. "
+        "Resumable; output in input order; the input is never written.",
     )
-    p.add_argument("input", help="NeMo conversation jsonl")
+    p.add_argument("input", help="NeMo or OpenAI conversation jsonl")
     p.add_argument("output", help="annotated jsonl (a checkpoint OUTPUT.ckpt is kept next to it)")
     p.add_argument("--errors", help="errors file (default OUTPUT.errors.jsonl)")
-    p.add_argument("--steerlm", action="store_true", help="clamp to [0, 4] and round, as NeMo-Aligner does")
+    p.add_argument(
+        "--steerlm",
+        action="store_true",
+        help="NeMo-Aligner's SteerLM labels: every attribute, clamped to [0, 4] and rounded",
+    )
     p.add_argument(
         "--all-attributes",
         action="store_true",
@@ -188,12 +196,50 @@ async def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_annotate(args: argparse.Namespace) -> int:
-    from client.annotate import AnnotateOptions, annotate_file
+def annotate_report(summary: Any, output: str) -> tuple[str, int]:
+    """The end-of-run text (counts, then the value table) and the exit status of an annotate job."""
+    from client.summary import stats_table
 
+    t = summary.turns
+    head = "already complete" if summary.already_done else f"{summary.this_run} lines this run"
+    lines = [
+        f"{output}: {head}: {summary.ok} records written, {summary.errors} unreadable lines; turns: "
+        f"{t.get('scored', 0)} scored ({t.get('truncated', 0)} of them truncated), {t.get('failed', 0)} failed, "
+        f"{t.get('skipped', 0)} skipped (null label)"
+    ]
+    if not summary.already_done:
+        lines[0] += f" in {summary.seconds:.1f}s ({summary.conversations_per_second:.1f} conv/s)"
+    table = stats_table(summary.stats, "label")
+    if table:
+        lines.append(table)
+    status = EXIT_OK
+    if t.get("failed", 0) or summary.errors:
+        lines.append(f"failed lines and turns are listed in {summary.errors_file}")
+        status = EXIT_FAILED_LINES
+    if not t.get("scored", 0):
+        lines.append(
+            "warning: nothing was scored: no assistant turn with a non-null 'label' (NeMo form) or assistant message "
+            "(OpenAI form) was found or could be scored"
+        )
+        status = EXIT_FAILED_LINES
+    if summary.already_done:
+        lines.append("use --restart to redo it")
+    return "\n".join(lines), status
+
+
+async def cmd_annotate(args: argparse.Namespace) -> int:
+    from client.annotate import AnnotateError, AnnotateOptions, annotate_file, check_paths, paths
+
+    check_paths(Path(args.input), *paths(args.output, args.errors))  # before connecting
     async with _client(args) as client:
         meta = await client.metadata()
-        names = meta.attribute_names if args.all_attributes else meta.trained_attributes
+        if args.steerlm and len(meta.attribute_names) < 2:
+            raise AnnotateError(
+                f"--steerlm writes SteerLM attribute labels (helpfulness:3,...), but model '{meta.model}' has one "
+                f"output ({', '.join(meta.attribute_names)}): drop --steerlm to write its raw reward"
+            )
+        # SteerLM labels name every output, as NeMo-Aligner writes them
+        names = meta.attribute_names if args.all_attributes or args.steerlm else meta.trained_attributes
         window = max(64, 8 * args.concurrency)
         options = AnnotateOptions(
             attributes=tuple(names), steerlm=args.steerlm, truncate=args.truncate, window=window, batch_lines=window
@@ -208,21 +254,9 @@ async def cmd_annotate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             status=client.retry_status,
         )
-    if summary.already_done:
-        print(
-            f"{args.output}: already complete ({summary.ok} annotated, {summary.errors} failed); use --restart to redo",
-            file=sys.stderr,
-        )
-    else:
-        print(
-            f"{args.output}: {summary.ok} annotated, {summary.errors} failed, {summary.this_run} lines this run "
-            f"in {summary.seconds:.1f}s ({summary.conversations_per_second:.1f} conv/s)",
-            file=sys.stderr,
-        )
-    if summary.errors:
-        print(f"failed lines are listed in {summary.errors_file}", file=sys.stderr)
-        return EXIT_FAILED_LINES
-    return EXIT_OK
+    text, status = annotate_report(summary, args.output)
+    print(text, file=sys.stderr)
+    return status
 
 
 def _responses(args: argparse.Namespace) -> list[str]:
@@ -296,14 +330,14 @@ COMMANDS = {"score": cmd_score, "annotate": cmd_annotate, "rank": cmd_rank, "eva
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from client.annotate import AnnotateError
+    from client.annotate import AnnotateError, cli_wording
 
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except (RewardClientError, RecordError, AnnotateError, OSError) as e:
         kind = "rejected by the server" if isinstance(e, RequestRejected) else "error"
-        print(f"reward-client {args.command}: {kind}: {e}", file=sys.stderr)
+        print(f"reward-client {args.command}: {kind}: {cli_wording(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"reward-client {args.command}: interrupted", file=sys.stderr)

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from client_fakes import TRAINED, FakeScorer, fake_scores, nemo_record, write_conversations
+from client_fakes import TOO_LONG, TRAINED, FakeScorer, fake_scores, nemo_record, write_conversations
 
 from client import conversations as cv
 from client import rewardbench as rb
 from client.annotate import AnnotateError, AnnotateOptions, Checkpoint, annotate_file, paths
 from client.api import ModelMetadata, RequestRejected, RetryPolicy, RewardClient, ServerFailure, f32
 from client.rank import order
+from client.safe_paths import part_path
 
 HERE = Path(__file__).parent
 
@@ -57,7 +58,8 @@ def test_prefixes_cover_labelled_assistant_turns_only():
     "record, message",
     [
         ([1], "JSON object"),
-        ({"messages": []}, "no 'conversations'"),
+        ({"messages": {}}, "'messages' must be an array"),
+        ({"turns": []}, "needs 'messages'"),
         ({"conversations": {}}, "array"),
         ({"conversations": [{"from": "User"}]}, "conversations[0].value"),
         ({"conversations": [], "mask": 3}, "'mask'"),
@@ -234,22 +236,34 @@ def test_annotate_labels_in_input_order_and_lists_bad_lines(tmp_path):
     bad = write_conversations(src, 30, {4: "json", 11: "long", 17: "shape"})
     out, err, ckpt = paths(tmp_path / "out.jsonl")
     summary = _annotate(src, out)
-    assert (summary.lines, summary.ok, summary.errors) == (30, 27, 3)
+    # line 11 is written with its over-long last turn marked; lines 4 and 17 cannot be read
+    assert (summary.lines, summary.ok, summary.errors) == (30, 28, 2)
+    assert summary.turns["failed"] == 1 and summary.turns["truncated"] == 0
     lines = out.read_text().splitlines()
-    inputs = [json.loads(x) for i, x in enumerate(src.read_text().splitlines(), 1) if i not in bad]
-    assert len(lines) == 27
-    for raw, original in zip(lines, inputs, strict=True):
+    originals = [json.loads(x) for i, x in enumerate(src.read_text().splitlines(), 1) if i not in (4, 17)]
+    assert len(lines) == 28
+    scored = skipped = 0
+    for raw, original in zip(lines, originals, strict=True):
         record = json.loads(raw)
         for i, (turn, before) in enumerate(zip(record["conversations"], original["conversations"], strict=True)):
             if before.get("label") is None:
                 assert turn.get("label") == before.get("label")
+                skipped += before["from"] == "Assistant"
+                continue
+            if TOO_LONG in before["value"]:
+                assert turn["label"] is None and "tokens" in turn["label_error"]
                 continue
             prefix = cv.prefix_conversation(original, i)
             assert cv.parse_label(turn["label"]) == {n: fake_scores(prefix)[n] for n in TRAINED}
+            assert "label_error" not in turn and "label_truncated" not in turn
+            scored += 1
+    assert (summary.turns["scored"], summary.turns["skipped"]) == (scored, skipped)
     errors = [json.loads(x) for x in err.read_text().splitlines()]
     assert [e["line"] for e in errors] == bad
-    assert "not valid JSON" in errors[0]["error"] and "turn" in errors[1]["error"] and "tokens" in errors[1]["error"]
+    assert "not valid JSON" in errors[0]["error"] and "tokens" in errors[1]["error"]
+    assert errors[1]["turn"] == len(originals[9]["conversations"]) - 1 and "turn" not in errors[0]
     assert json.loads(ckpt.read_text())["done"] is True
+    assert not part_path(out).exists() and not part_path(err).exists()
     again = _annotate(src, out)  # a rerun of a finished job changes nothing
     assert again.already_done and out.read_text().splitlines() == lines
 
@@ -322,11 +336,13 @@ def test_annotate_survives_sigkill_of_the_process(tmp_path):
     subprocess.run([*script, str(whole), "0", "1000"], check=True, timeout=120)
     proc = subprocess.Popen([*script, str(out), "0.02", "8"])
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 60):
+    partial = part_path(out)  # OUT is written beside, as OUT.part, until the job completes
+    while time.monotonic() < deadline and (not partial.exists() or partial.read_bytes().count(b"\n") < 60):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = out.read_bytes().count(b"\n")
+    assert not out.exists()
+    killed_at = partial.read_bytes().count(b"\n")
     assert 60 <= killed_at < 398, killed_at  # the kill landed mid-run
     subprocess.run([*script, str(out), "0", "64"], check=True, timeout=120)
     assert out.read_bytes() == whole.read_bytes()
