@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -418,3 +419,157 @@ def test_cli_reports_an_unreachable_server_with_exit_2(capsys):
     err = capsys.readouterr().err
     assert "UNAVAILABLE" in err and "after 2 tries" in err
     assert main(["score", "neither json nor a file"]) == 2
+
+
+# ---- annotate never destroys its input; NeMo-Aligner's and OpenAI's record forms ----
+def _same_file_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    src = tmp_path / "in.jsonl"
+    (tmp_path / "link.jsonl").symlink_to(src)
+    os.link(src, tmp_path / "hard.jsonl")
+    (tmp_path / "sub").mkdir()
+    return [
+        ([str(src), str(src)], "output"),
+        ([str(src), str(src), "--restart"], "output"),
+        ([str(src), str(tmp_path / "link.jsonl"), "--restart"], "output"),
+        ([str(src), str(tmp_path / "hard.jsonl"), "--restart"], "output"),
+        ([str(src), str(tmp_path / "sub" / ".." / "in.jsonl"), "--restart"], "output"),
+        ([str(src), str(tmp_path / "o.jsonl"), "--errors", str(src), "--restart"], "errors file"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_annotate_refuses_to_write_over_its_input(tmp_path, capsys, case):
+    """Same path, symlink, hard link, `..` detour, --errors on the input: refused before connecting, input intact,
+    the message names the resolved path."""
+    from client.cli import main
+
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 3)
+    before = src.read_bytes()
+    args, label = _same_file_cases(tmp_path)[case]
+    assert main(["--url", "127.0.0.1:1", "annotate", *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{label} " in err and "same file as input" in err and str(src.resolve()) in err, err
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.jsonl", "in.jsonl", "link.jsonl", "sub"]
+
+
+def test_annotate_refuses_an_input_that_is_the_partial_output_and_a_missing_folder(tmp_path, capsys):
+    from client.cli import main
+
+    src = tmp_path / "o.jsonl.part"
+    write_conversations(src, 3)
+    with pytest.raises(AnnotateError, match="partial output .* is the same file as input"):
+        _annotate(src, tmp_path / "o.jsonl")
+    assert main(["--url", "127.0.0.1:1", "annotate", str(src), str(tmp_path / "nope" / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {tmp_path / 'nope'} does not exist" in err and ".tmp" not in err, err
+
+
+def test_annotate_restart_keeps_the_old_output_until_the_new_one_is_complete(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 40)
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    with pytest.raises(RuntimeError, match="fake transport failure"):
+        _annotate(src, out, FakeScorer(fail_after=20), restart=True)
+    assert out.read_text() == "precious\n" and part_path(out).exists()
+    _annotate(src, out)  # resumes the restarted run
+    assert len(out.read_text().splitlines()) == 40 and not part_path(out).exists()
+
+
+def test_annotate_input_changed_after_finishing_names_sizes_not_the_same_path_twice(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 4)
+    out = tmp_path / "out.jsonl"
+    _annotate(src, out)
+    size = src.stat().st_size
+    with open(src, "a") as f:
+        f.write(json.dumps(nemo_record(9)) + "\n")
+    with pytest.raises(AnnotateError) as e:
+        _annotate(src, out)
+    message = str(e.value)
+    assert message.count(str(src.resolve())) == 1 and f"{size} bytes" in message and "finished" in message
+
+
+LENIENT = [  # NeMo-Aligner: every speaker but the mask is the assistant; any non-null label is scored
+    {"mask": "Human", "conversations": [{"from": "Human", "value": "hi"}, {"from": "Bot", "value": "yo", "label": 0}]},
+    {"mask": "user", "system": "S",
+     "conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": "a", "label": {"x": 1}},
+                       {"from": "user", "value": "q2"}, {"from": "assistant", "value": "a2", "label": None}]},
+    {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
+                  {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"},
+                  {"role": "assistant", "content": "a2", "name": "bot"}], "name": "sample"},
+]  # fmt: skip
+
+
+def test_annotate_accepts_nemo_aligner_speakers_and_openai_messages(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in LENIENT))
+    out = tmp_path / "out.jsonl"
+    summary = _annotate(src, out)
+    assert (summary.ok, summary.errors) == (3, 0)
+    assert summary.turns == {"scored": 4, "skipped": 1, "failed": 0, "truncated": 0}
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    # requests go out in the canonical NeMo speakers the server templates; OpenAI prefixes keep role/content only
+    expect = [
+        (0, 1, {"conversations": [{"from": "User", "value": "hi"}, {"from": "Assistant", "value": "yo"}],
+                "mask": "User"}),
+        (1, 1, {"system": "S", "mask": "User",
+                "conversations": [{"from": "User", "value": "q"}, {"from": "Assistant", "value": "a"}]}),
+        (2, 2, {"messages": LENIENT[2]["messages"][:3]}),
+        (2, 4, {"messages": [*LENIENT[2]["messages"][:4], {"role": "assistant", "content": "a2"}]}),
+    ]  # fmt: skip
+    for k, turn, prefix in expect:
+        key = "messages" if "messages" in records[k] else "conversations"
+        label = records[k][key][turn]["label"]
+        assert cv.parse_label(label) == {n: fake_scores(prefix)[n] for n in TRAINED}
+    assert records[1]["conversations"][3]["label"] is None and "label_error" not in records[1]["conversations"][3]
+    assert records[2]["messages"][0] == LENIENT[2]["messages"][0] and records[2]["name"] == "sample"
+    assert records[0]["conversations"][1]["from"] == "Bot"  # the record's own speakers are kept
+
+
+def test_annotate_marks_truncated_labels_and_counts_nothing_scored(tmp_path, capsys):
+    from client.api import Score
+    from client.cli import annotate_report
+
+    async def truncating(conversation):
+        scores = fake_scores(conversation)
+        return Score(scores=scores, reward=0.0, num_input_tokens=1, truncated=True, trained_attributes=TRAINED)
+
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 3)
+    out = tmp_path / "out.jsonl"
+    summary = _annotate(src, out, truncating)
+    turns = [t for line in out.read_text().splitlines() for t in json.loads(line)["conversations"]]
+    labelled = [t for t in turns if t.get("label") is not None]
+    assert labelled and all(t["label_truncated"] is True for t in labelled)
+    assert summary.turns["truncated"] == summary.turns["scored"] == len(labelled)
+    text, status = annotate_report(summary, str(out))
+    assert status == 0 and f"{len(labelled)} scored ({len(labelled)} of them truncated)" in text
+
+    empty = tmp_path / "none.jsonl"
+    empty.write_text(
+        json.dumps({"conversations": [{"from": "User", "value": "q"}, {"from": "Assistant", "value": "a"}]}) + "\n"
+    )
+    summary = _annotate(empty, tmp_path / "none-out.jsonl")
+    text, status = annotate_report(summary, "none-out.jsonl")
+    assert status == 1 and "nothing was scored" in text and "0 scored" in text and "1 skipped" in text
+
+
+def test_annotate_value_table_is_mean_min_max_of_the_written_labels(tmp_path):
+    from client.cli import annotate_report
+
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 12)
+    out = tmp_path / "out.jsonl"
+    summary = _annotate(src, out, options=AnnotateOptions(attributes=TRAINED, steerlm=True, batch_lines=2))
+    written = [cv.parse_label(t["label"]) for line in out.read_text().splitlines()
+               for t in json.loads(line)["conversations"] if t.get("label") is not None]  # fmt: skip
+    for name in TRAINED:
+        values = [w[name] for w in written]
+        count, total, low, high = summary.stats[name]
+        assert (count, low, high) == (len(values), min(values), max(values))
+        assert total / count == pytest.approx(sum(values) / len(values))
+    text, _ = annotate_report(summary, str(out))
+    assert "mean" in text and all(name in text for name in TRAINED)
