@@ -130,14 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "evaluate",
-        "RewardBench accuracy of (chosen, rejected) pairs",
+        "accuracy of (chosen, rejected) preference pairs (RewardBench or plain)",
         "Accuracy per subset and per RewardBench section (Chat, Chat Hard, Safety, Reasoning); overall = "
-        "mean of sections; a pair is right only if reward(chosen) > reward(rejected).",
+        "mean of sections. Pairs without a subset form one section 'all' whose overall is the accuracy over all "
+        "pairs. A pair is right only if reward(chosen) > reward(rejected).",
     )
-    p.add_argument("pairs", help="jsonl with prompt, chosen, rejected, subset")
+    p.add_argument("pairs", help="jsonl with prompt, chosen, rejected and optionally subset")
     p.add_argument("--system", help="system prompt for string chosen/rejected (default: the model's)")
     p.add_argument("--truncate", action="store_true", help="drop the oldest turns of inputs that are too long")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--output", help="write one JSON line per pair (line, id, subset, chosen, rejected, margin, correct or error)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add("info", "show what the served model outputs", "Attribute names, trained attributes, scalar weights.")
     return parser
@@ -155,6 +160,7 @@ def _client(args: argparse.Namespace) -> RewardClient:
             max_wait=args.retry_for if args.retry_for is not None else RETRY_S.get(args.command, SHORT_RETRY_S),
             attempts=None if args.retries is None else max(1, args.retries),
         ),
+        notify=lambda text: print(f"reward-client {args.command}: {text}", file=sys.stderr, flush=True),
     )
 
 
@@ -296,16 +302,41 @@ async def cmd_rank(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_evaluate(args: argparse.Namespace) -> int:
-    from client.evaluate import dumps, evaluation_report, format_report, read_pairs, score_pairs
+def _bar(desc: str, total: int, enabled: bool, unit: str) -> Any:
+    from tqdm import tqdm
 
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+
+async def cmd_evaluate(args: argparse.Namespace) -> int:
+    from client.evaluate import dumps, evaluation_report, format_report, pair_rows, read_pairs, score_pairs
+    from client.safe_paths import OutputPathError, check_outputs, part_path, write_text_beside
+
+    if args.output:
+        out = Path(args.output)
+        try:
+            check_outputs({"pairs file": Path(args.pairs)}, {"output": out, "partial output": part_path(out)})
+        except OutputPathError as e:
+            raise RecordError(str(e)) from None
     pairs, errors = read_pairs(args.pairs, args.system)
     async with _client(args) as client:
-        outcomes, failed = await score_pairs(
-            pairs, lambda c: client.score(c, truncate=args.truncate), concurrency=args.concurrency
-        )
+        if pairs:
+            await client.metadata()  # connect (and say so while waiting) before the progress bar starts
+        with _bar("evaluate", 2 * len(pairs), not args.no_progress and bool(pairs), "resp") as bar:
+            outcomes, failed = await score_pairs(
+                pairs,
+                lambda c: client.score(c, truncate=args.truncate),
+                concurrency=args.concurrency,
+                progress=lambda: bar.update(1),
+            )
     rep = evaluation_report(outcomes, errors + failed)
+    if args.output:
+        rows = pair_rows(outcomes, errors + failed)
+        write_text_beside(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(dumps(rep) if args.json else format_report(rep))
+    if not rep["pairs"]:
+        print("reward-client evaluate: warning: no pair was scored", file=sys.stderr)
+        return EXIT_FAILED_LINES
     return EXIT_FAILED_LINES if rep["errors"] else EXIT_OK
 
 

@@ -365,14 +365,16 @@ def test_pairs_string_and_message_sides(tmp_path):
         {"prompt": "q", "chosen": "good", "rejected": "bad", "subset": "hep-go", "id": 7},
         {"chosen": msgs, "rejected": msgs, "subset": "donotanswer"},
         {"prompt": "q", "chosen": "good", "rejected": 3, "subset": "hep-go"},
-        {"prompt": "q", "chosen": "good", "rejected": "bad"},
+        {"prompt": "q", "chosen": "good", "rejected": "bad"},  # a plain pair: subset "all"
+        {"prompt": "q", "chosen": "good", "rejected": "bad", "subset": 3},
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\nnot json\n")
     pairs, errors = read_pairs(path, system="S")
     assert pairs[0].chosen == cv.openai_prompt_and_response("q", "good", "S") and pairs[0].id == 7
     assert pairs[1].rejected == {"messages": msgs} and pairs[1].line == 2
-    assert [(e["line"], e["error"].split()[0]) for e in errors] == [(3, "'rejected'"), (4, "'subset'"), (6, "not")]
+    assert pairs[2].subset == "all" and pairs[2].line == 4
+    assert [(e["line"], e["error"].split()[0]) for e in errors] == [(3, "'rejected'"), (5, "'subset'"), (7, "not")]
 
 
 def test_score_pairs_and_rank_with_fake_scorer():
@@ -573,3 +575,63 @@ def test_annotate_value_table_is_mean_min_max_of_the_written_labels(tmp_path):
         assert total / count == pytest.approx(sum(values) / len(values))
     text, _ = annotate_report(summary, str(out))
     assert "mean" in text and all(name in text for name in TRAINED)
+
+
+# ---- with no server: say so at once, and stop cleanly on Ctrl-C ----
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_client_says_it_is_waiting_within_a_second_of_the_first_failed_connection():
+    port = _dead_port()
+    said: list[tuple[float, str]] = []
+
+    async def run() -> float:
+        client = RewardClient(
+            f"127.0.0.1:{port}", retry=RetryPolicy(max_wait=3.0), notify=lambda t: said.append((time.monotonic(), t))
+        )
+        started = time.monotonic()
+        async with client:
+            with pytest.raises(ServerFailure, match="UNAVAILABLE"):
+                await client.metadata()
+        return started
+
+    started = asyncio.run(run())
+    assert len(said) == 1, said
+    when, text = said[0]
+    assert when - started < 1.0, when - started
+    assert text.startswith(f"waiting for 127.0.0.1:{port} (UNAVAILABLE") and "(Ctrl-C to stop)" in text
+
+
+@pytest.mark.parametrize("command", ["score", "annotate", "rank", "evaluate", "info"])
+def test_every_command_says_waiting_then_stops_on_ctrl_c_without_traceback(tmp_path, command):
+    reward_client = Path(sys.executable).with_name("reward-client")
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 2)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    args = {
+        "score": ['{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'],
+        "annotate": [str(src), str(tmp_path / "out.jsonl"), "--no-progress"],
+        "rank": ["p", "a", "b"],
+        "evaluate": [str(pairs)],
+        "info": [],
+    }[command]
+    port = _dead_port()
+    proc = subprocess.Popen(
+        [str(reward_client), "--url", f"127.0.0.1:{port}", "--retry-for", "120", command, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the first thing the command says
+    assert line.startswith(f"reward-client {command}: waiting for 127.0.0.1:{port}") and "Ctrl-C to stop" in line
+    assert proc.poll() is None  # still waiting, as it said
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(30) == 130, rest
+    assert "Traceback" not in rest and "interrupted" in rest, rest
