@@ -18,6 +18,7 @@ EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
 # how long a request rides out an unavailable / restarting server: long jobs wait, interactive commands answer soon
 LONG_RETRY_S, SHORT_RETRY_S = 600.0, 30.0
 RETRY_S = {"annotate": LONG_RETRY_S, "evaluate": LONG_RETRY_S}
+RANK_PROGRESS_FROM = 32  # candidates: rank shows a progress bar from this many on
 
 EPILOG = """\
 examples:
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses-file", help='jsonl: one candidate a line, a JSON string or {"response": ...}')
     p.add_argument("--system", help="system prompt (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-progress", action="store_true", help=f"no progress bar (shown from {RANK_PROGRESS_FROM} on)")
+    p.add_argument("--all-attributes", action="store_true", help="--json: every attribute, untrained ones too")
 
     p = add(
         "evaluate",
@@ -144,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    add("info", "show what the served model outputs", "Attribute names, trained attributes, scalar weights.")
+    p = add("info", "show what the served model outputs", "Attribute names, trained attributes, scalar weights (JSON).")
+    p.add_argument("--json", action="store_true", help="print JSON (what info always prints)")
     return parser
 
 
@@ -182,7 +186,8 @@ def score_table(score: Score, all_attributes: bool) -> str:
     values = score.scores if all_attributes else score.trained
     width = max([len(n) for n in values] + [len("num_input_tokens")])
     lines = [f"{n:<{width}}  {v:>12.6g}" for n, v in values.items()]
-    lines.append(f"{'reward':<{width}}  {score.reward:>12.6g}")
+    if list(values) != ["reward"]:  # a one-output model's only attribute is the reward itself
+        lines.append(f"{'reward':<{width}}  {score.reward:>12.6g}")
     lines.append(f"{'num_input_tokens':<{width}}  {score.num_input_tokens:>12}")
     lines.append(f"{'truncated':<{width}}  {'yes' if score.truncated else 'no':>12}")
     return "\n".join(lines)
@@ -288,17 +293,29 @@ async def cmd_rank(args: argparse.Namespace) -> int:
 
     responses = _responses(args)
     async with _client(args) as client:
-        ranked = await rank_responses(
-            args.prompt, responses, lambda c: client.score(c), concurrency=args.concurrency, system=args.system
-        )
+        await client.metadata()  # connect (and say so while waiting) before the progress bar starts
+        show = not args.no_progress and len(responses) >= RANK_PROGRESS_FROM
+        with _bar("rank", len(responses), show, "resp") as bar:
+            ranked = await rank_responses(
+                args.prompt,
+                responses,
+                lambda c: client.score(c),
+                concurrency=args.concurrency,
+                system=args.system,
+                progress=lambda: bar.update(1),
+            )
     if args.json:
-        print(json.dumps([r.to_dict() for r in ranked], indent=2, ensure_ascii=False))
+        rows = [r.to_dict() for r in ranked]
+        if not args.all_attributes:  # the same attributes as `score --json`
+            for row, r in zip(rows, ranked, strict=True):
+                row["scores"] = r.score.trained
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         print(f"{'rank':>4} {'reward':>12} {'#':>4}  response")
         for r in ranked:
             text = " ".join(r.response.split())
             text = text if len(text) <= 70 else text[:67] + "..."
-            print(f"{r.rank:>4} {r.score.reward:>12.6g} {r.index:>4}  {text}")
+            print(f"{r.rank:>4} {r.score.reward:>12.4f} {r.index:>4}  {text}")
     return EXIT_OK
 
 
