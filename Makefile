@@ -102,7 +102,9 @@ $(REPOSITORY)/ensemble/config.pbtxt:
 	$(MAKE) engine
 
 # OPENAI_PORT=9000 also runs reward-openai (the OpenAI-compatible reward API, docs/openai.md) beside tritonserver;
-# it answers 503 until the ensemble is ready. OPENAI_TRITON_URL must match tritonserver's gRPC port.
+# it answers 503 until the ensemble is ready. OPENAI_TRITON_URL must match tritonserver's gRPC port. Ctrl-C, SIGTERM
+# or SIGHUP (to make or its process group) stops both and ends the recipe cleanly; both run in the background so
+# that the shell's traps fire at once (a shell defers a trap until its foreground command ends).
 OPENAI_PORT ?=
 OPENAI_HOST ?= 0.0.0.0
 OPENAI_TRITON_URL ?= localhost:8001
@@ -113,8 +115,9 @@ ifeq ($(OPENAI_PORT),)
 	$(VENV)/bin/tritonserver --model-repository=$(REPOSITORY) $(SERVE_ARGS)
 else
 	$(VENV)/bin/tritonserver --model-repository=$(REPOSITORY) $(SERVE_ARGS) & triton=$$!; \
-	trap 'kill $$triton 2>/dev/null; wait $$triton' EXIT; trap 'exit 130' INT TERM; \
-	$(VENV)/bin/reward-openai --url $(OPENAI_TRITON_URL) --host $(OPENAI_HOST) --port $(OPENAI_PORT) $(OPENAI_ARGS)
+	$(VENV)/bin/reward-openai --url $(OPENAI_TRITON_URL) --host $(OPENAI_HOST) --port $(OPENAI_PORT) $(OPENAI_ARGS) & \
+	gateway=$$!; trap 'kill $$triton $$gateway 2>/dev/null; wait $$triton $$gateway 2>/dev/null' EXIT; \
+	trap 'exit 0' INT TERM HUP; wait $$gateway
 endif
 
 $(VENV)/bin/perf_analyzer: | $(STAMP)

@@ -400,4 +400,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reward_triton.signals import run_stoppable
+
+    sys.exit(run_stoppable(main, "perf"))
