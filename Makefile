@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo | install | test | lint | bench [bench-convert|bench-engine] | engine [NEMO= TP= PP= DTYPE= BACKEND=torch|tensorrtllm] | serve | perf"
+	@echo "make demo | install | test | lint | bench [bench-convert|bench-engine] | engine [NEMO= TP= PP= DTYPE= BACKEND=torch|tensorrtllm BATCH_INVARIANT=1 RENDER_ARGS=] | serve | perf"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ NP ?= 1
 MPIRUN_ARGS ?= --allow-run-as-root --oversubscribe
 TRTLLM_BUILD_ARGS ?=
 CONVERT_ARGS ?=
+# extra `build_engine render-repository` options; BATCH_INVARIANT=1 adds --batch-invariant (PyTorch engine: one forward
+# per sequence, so a conversation's scores never depend on what it was batched with; docs/client.md)
+RENDER_ARGS ?=
+BATCH_INVARIANT ?=
+RENDER_FLAGS := $(RENDER_ARGS) $(if $(filter 1 true yes,$(BATCH_INVARIANT)),--batch-invariant)
 DTYPE ?= bfloat16
 BACKEND ?= torch
 MAX_BATCH_SIZE ?= 64
@@ -82,10 +87,10 @@ ifeq ($(BACKEND),tensorrtllm)
 	$(PY) -m build_engine.trtllm_build --checkpoint $(CHECKPOINT) --output $(TRTLLM_ENGINE) --max-batch-size $(MAX_BATCH_SIZE) \
 		$(TRTLLM_BUILD_ARGS)
 	$(PY) -m build_engine.repository --checkpoint $(CHECKPOINT) --backend tensorrtllm --engine-dir $(TRTLLM_ENGINE) \
-		--repository $(REPOSITORY) --max-batch-size $(MAX_BATCH_SIZE)
+		--repository $(REPOSITORY) --max-batch-size $(MAX_BATCH_SIZE) $(RENDER_FLAGS)
 else
 	$(PY) -m build_engine.repository --checkpoint $(CHECKPOINT) --backend $(BACKEND) --repository $(REPOSITORY) \
-		--max-batch-size $(MAX_BATCH_SIZE)
+		--max-batch-size $(MAX_BATCH_SIZE) $(RENDER_FLAGS)
 endif
 
 # The whole job on the embedded demo model: install, convert + render, start tritonserver, score samples, stop.
