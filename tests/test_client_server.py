@@ -258,6 +258,46 @@ def test_steerlm_and_score_on_a_one_output_model(tmp_path_factory, tmp_path):
         assert score.returncode == 0 and [ln.split()[0] for ln in score.stdout.splitlines()].count("reward") == 1
 
 
+def test_annotate_the_demo_samples_openai_messages(tmp_path_factory, tmp_path):
+    """demo/samples.jsonl (OpenAI `messages` records, as `score` takes them) on the demo model it was written for:
+    every assistant message labelled with the served scores of its prefix; the other keys kept."""
+    from build_engine.convert import convert
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("client-demo")
+    ckpt = convert(root / "demo" / "checkpoint", work / "checkpoint", dtype="bfloat16", progress=False)
+    options = RenderOptions(torch_threads=1, torch_batch_invariant=True)
+    with serve_fixture(work, checkpoint=ckpt, options=options) as demo:
+        src = root / "demo" / "samples.jsonl"
+        out = tmp_path / "out.jsonl"
+        run = cli(demo, "annotate", str(src), str(out), "--no-progress")
+        assert run.returncode == 0, run.stderr
+        originals = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
+        records = [json.loads(x) for x in out.read_text().splitlines()]
+        assert len(records) == len(originals) == 14
+        assert "14 records written, 0 unreadable lines; turns: 14 scored" in run.stderr
+        prefixes = [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+                    for r in originals]  # fmt: skip
+        for record, original, score in zip(records, originals, score_all(demo, prefixes), strict=True):
+            assert record["name"] == original["name"]
+            assert cv.parse_label(record["messages"][-1]["label"]) == score.trained
+            assert all("label" not in m for m in record["messages"][:-1])
+
+
+def test_progress_bars_on_rank_of_many_and_evaluate(triton, tmp_path):
+    many = [f"{k} + {k}" for k in range(40)]
+    run = cli(triton, "rank", PROMPT, *many, "--json")
+    assert run.returncode == 0 and "rank: 100%" in run.stderr and "40/40" in run.stderr, run.stderr
+    assert len(json.loads(run.stdout)) == 40
+    few = cli(triton, "rank", PROMPT, *many[:3])
+    assert few.returncode == 0 and "rank:" not in few.stderr
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": PROMPT, "chosen": "4", "rejected": "5"}) + "\n")
+    ev = cli(triton, "evaluate", str(pairs))
+    assert ev.returncode == 0 and "evaluate: 100%" in ev.stderr and "2/2" in ev.stderr, ev.stderr
+    assert "evaluate:" not in cli(triton, "evaluate", str(pairs), "--no-progress").stderr
+
+
 # ---- rank: best-of-n by the served reward ----
 def test_rank_orders_candidates_by_served_reward(triton):
     run = cli(triton, "rank", PROMPT, *CANDIDATES, "--system", SYSTEM, "--json", "--concurrency", "1")
