@@ -188,3 +188,54 @@ def test_make_serve_with_gateway_stops_both_on_signal(repository, sig, cleanup):
     assert code in (0, -sig), output
     assert wait_gone(repository) == []
     assert not _ready(f"http://127.0.0.1:{gateway}/v1/models")
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_launcher_stops_mpirun_ranks_and_gateway_on_signal(repository, tmp_path, sig, cleanup):
+    """The multi-node launcher's --exec path on one CPU rank (real mpirun) with the gateway beside it."""
+    from reward_triton import launcher
+
+    venv = Path(sys.executable).parent
+    opts = launcher.LaunchOptions(
+        tritonserver=str(venv / "tritonserver"),
+        mpirun=str(venv / "mpirun"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        mpirun_args=("--oversubscribe",),
+        server_args=("--http-address=127.0.0.1", "--grpc-address=127.0.0.1"),
+        openai_port=free_port(),
+        openai_host="127.0.0.1",
+    )
+    cmd = launcher.mpirun_command(1, repository, None, opts)
+    gateway = launcher.openai_command(None, opts)
+    assert gateway is not None
+    code = (
+        "import sys; from reward_triton.launcher import run_supervised; from reward_triton.signals import "
+        f"run_stoppable; sys.exit(run_stoppable(lambda: run_supervised({cmd!r}, "
+        f"'127.0.0.1:{opts.http_port}', {gateway!r}), 'launcher'))"
+    )
+    log = tmp_path / "launcher.log"  # a file, not a pipe: mpirun blocks on output nobody reads
+    with open(log, "wb") as out:
+        env = {**os.environ, "PATH": f"{venv}{os.pathsep}{os.environ.get('PATH', '')}"}  # reward-openai, as installed
+        job = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (_ready(f"http://127.0.0.1:{opts.http_port}/v2/health/ready")
+                   and _ready(f"http://127.0.0.1:{opts.openai_port}/v1/models")):  # fmt: skip
+            assert job.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert servers_on(repository)
+        if sig == signal.SIGTERM:
+            job.send_signal(sig)
+        else:
+            os.killpg(job.pid, sig)
+        job.wait(90)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    output = log.read_text(errors="replace")
+    assert "Traceback" not in output, output[-3000:]
+    assert wait_gone(repository) == [], output[-3000:]
+    assert not _ready(f"http://127.0.0.1:{opts.openai_port}/v1/models")
