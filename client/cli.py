@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestRejected, RetryPolicy, RewardClient, RewardClientError, Score
-from client.conversations import RecordError, conversation_form, parse_json
+from client.conversations import RecordError, conversation_form, parse_json, prefix_conversation
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
 # how long a request rides out an unavailable / restarting server: long jobs wait, interactive commands answer soon
@@ -178,7 +178,10 @@ def read_conversation(arg: str) -> str:
         text = Path(arg).read_text(encoding="utf-8")
     else:
         raise RecordError(f"{arg!r} is neither JSON nor a readable file")
-    conversation_form(parse_json(text))
+    data = parse_json(text)
+    if conversation_form(data) == "nemo" and isinstance(data.get("conversations"), list) and data["conversations"]:
+        # NeMo-Aligner's speakers (any non-mask speaker is the assistant) in the canonical form the server templates
+        return json.dumps(prefix_conversation(data, len(data["conversations"]) - 1), ensure_ascii=False)
     return text
 
 

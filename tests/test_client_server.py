@@ -332,6 +332,13 @@ def test_score_cli_openai_and_nemo_forms(triton, tmp_path):
     table = subprocess.run([str(REWARD_CLIENT), "--url", triton.grpc_url, "score", "--all-attributes"],
                            input=json.dumps(nemo), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert table.returncode == 0 and "quality" in table.stdout and "num_input_tokens" in table.stdout
+    bot = {
+        "system": SYSTEM,
+        "mask": "Human",
+        "conversations": [{"from": "Human", "value": PROMPT}, {"from": "Bot", "value": "4", "label": None}],
+    }
+    c = cli(triton, "score", json.dumps(bot), "--json")  # NeMo-Aligner's speakers: any non-mask one is the assistant
+    assert c.returncode == 0 and json.loads(c.stdout) == da, c.stderr
     too_long = cli(triton, "score", json.dumps(exchange("word " * 300)))
     assert too_long.returncode == 2 and "rejected by the server" in too_long.stderr
     info = json.loads(cli(triton, "info").stdout)
