@@ -1,5 +1,6 @@
 # reward-triton: `make demo` runs the whole job on the embedded demo model, `make test` passes the tests.
-PYTHON ?= python3.11
+# Python 3.11 or 3.12 (NVIDIA's Triton TRT-LLM containers from 25.01 ship 3.12): the first one found.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || echo python3.11)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -30,16 +31,16 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# `make bench`: conversion throughput (build_engine.bench) and engine speed against Hugging Face on the same weights,
-# threads and dtype (reward_triton.bench_engine; BENCH_ENGINE_ARGS e.g. `--device cuda --preset llama2-13b`).
+# `make bench`: conversion throughput (tooling.bench_convert) and engine speed against Hugging Face on the same weights,
+# threads and dtype (tooling.bench_engine; BENCH_ENGINE_ARGS e.g. `--device cuda --preset llama2-13b`).
 BENCH_ENGINE_ARGS ?= --device cpu --preset cpu-nemotron,cpu-llama --dtype float32,bfloat16 --json build/bench/engine.json
 bench: bench-convert bench-engine
 
 bench-convert: install
-	$(PY) -m build_engine.bench
+	$(PY) -m tooling.bench_convert
 
 bench-engine: install
-	$(PY) -m reward_triton.bench_engine $(BENCH_ENGINE_ARGS)
+	$(PY) -m tooling.bench_engine $(BENCH_ENGINE_ARGS)
 
 # ---- serving: `make engine` renders model_repository/, `make serve` runs tritonserver on it, `make perf` measures.
 # The embedded demo checkpoint (demo/README.md) is the default NEMO; `NEMO=build/fixture-nemotron` (or -llama)
@@ -51,12 +52,18 @@ PP ?= 1
 NP ?= 1
 MPIRUN_ARGS ?= --allow-run-as-root --oversubscribe
 TRTLLM_BUILD_ARGS ?=
-CONVERT_ARGS ?=
-# extra `build_engine render-repository` options; BATCH_INVARIANT=1 adds --batch-invariant (PyTorch engine: one forward
-# per sequence, so a conversation's scores never depend on what it was batched with; docs/client.md)
-RENDER_ARGS ?=
+# BACKEND=tensorrtllm: KV_CACHE_REUSE=0 renders enable_kv_cache_reuse "false"; ENGINE_DIR_IN_CONTAINER=/engines/x
+# writes the engine path as the serving container sees it; RENDER_ARGS passes more render options.
+# BACKEND=torch: BATCH_INVARIANT=1 adds --batch-invariant (one forward per sequence, so a conversation's scores never
+# depend on what it was batched with; docs/client.md).
+KV_CACHE_REUSE ?= 1
+ENGINE_DIR_IN_CONTAINER ?=
 BATCH_INVARIANT ?=
-RENDER_FLAGS := $(RENDER_ARGS) $(if $(filter 1 true yes,$(BATCH_INVARIANT)),--batch-invariant)
+RENDER_ARGS ?=
+RENDER_FLAGS = $(if $(filter 0,$(KV_CACHE_REUSE)),--no-kv-cache-reuse) \
+	$(if $(ENGINE_DIR_IN_CONTAINER),--engine-dir-in-container $(ENGINE_DIR_IN_CONTAINER)) \
+	$(if $(filter 1 true yes,$(BATCH_INVARIANT)),--batch-invariant) $(RENDER_ARGS)
+CONVERT_ARGS ?=
 DTYPE ?= bfloat16
 BACKEND ?= torch
 MAX_BATCH_SIZE ?= 64
@@ -70,11 +77,11 @@ PERF_CONCURRENCY ?= 1:16
 PERF_ARGS ?=
 
 build/fixture-%: | $(STAMP)
-	$(PY) -m build_engine.fixtures --arch $* --format zarr --seq-length 512 --out $@
+	$(PY) -m tooling.fixtures --arch $* --format zarr --seq-length 512 --out $@
 
 # hidden 512, 8 layers (the engine benchmark's shape): `make engine perf NEMO=build/fixture-large-nemotron`
 build/fixture-large-%: | $(STAMP)
-	$(PY) -m build_engine.bench_fixture --arch $* --seq-length 512 --out $@
+	$(PY) -m tooling.bench_fixture --arch $* --seq-length 512 --out $@
 
 engine: install $(filter build/fixture-%,$(NEMO))
 ifeq ($(shell test "$(NP)" -gt 1 2>/dev/null && echo mpi),mpi)
@@ -126,7 +133,7 @@ else
 endif
 
 $(VENV)/bin/perf_analyzer: | $(STAMP)
-	$(PY) -m reward_triton.perf install
+	$(PY) -m tooling.perf install
 
 perf: install $(REPOSITORY)/ensemble/config.pbtxt $(VENV)/bin/perf_analyzer
-	$(PY) -m reward_triton.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY) $(PERF_ARGS)
+	$(PY) -m tooling.perf run --repository $(REPOSITORY) --concurrency $(PERF_CONCURRENCY) $(PERF_ARGS)

@@ -25,9 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from build_engine.convert import DTYPES, Layout, RankPlanner, rank_bytes
+from build_engine.convert import RankPlanner, rank_bytes
 from build_engine.spec import ModelSpec
-from reward_triton.weights import EMBEDDING, HEAD_W
+from reward_triton.engine.dtypes import parse_dtype
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.weights import EMBEDDING, HEAD_W
 
 GIB = 1 << 30
 H100_MEMORY_BYTES = 81559 * (1 << 20)  # H100 SXM 80 GB (HBM3) as nvidia-smi reports it: 81559 MiB
@@ -103,15 +105,17 @@ def published_spec(name: str) -> ModelSpec:
     return ModelSpec.from_nemo(cfg, _Shapes(vocab, int(cfg["hidden_size"]), k))
 
 
-def per_rank_weight_bytes(spec: ModelSpec, layout: Layout, dtype: str = "bfloat16") -> list[int]:
+def per_rank_weight_bytes(
+    spec: ModelSpec, mapping: Mapping, dtype: str = "bfloat16", parallel_embedding: bool = False
+) -> list[int]:
     """Bytes of every output rank file's tensors, from the converter's own plan (no weights are read)."""
-    planner = RankPlanner(spec, None, layout, DTYPES[dtype], "padded")  # type: ignore[arg-type]  # shapes only
-    return [rank_bytes(planner, r) for r in range(layout.world_size)]
+    planner = RankPlanner(spec, None, mapping, parse_dtype(dtype), "padded", parallel_embedding)  # type: ignore[arg-type]
+    return [rank_bytes(planner, r) for r in range(mapping.world_size)]
 
 
-def kv_bytes_per_token(spec: ModelSpec, layout: Layout, pp_rank: int, kv_itemsize: int = 2) -> int:
-    layers = len(layout.stage_layers(spec.num_layers, pp_rank))
-    kv_heads = max(spec.num_kv_heads // layout.tp, 1)
+def kv_bytes_per_token(spec: ModelSpec, mapping: Mapping, pp_rank: int, kv_itemsize: int = 2) -> int:
+    layers = len(mapping.stage_layers(spec.num_layers, pp_rank))
+    kv_heads = max(spec.num_kv_heads // mapping.tp, 1)
     return 2 * layers * kv_heads * spec.head_dim * kv_itemsize
 
 
@@ -176,13 +180,13 @@ def capacity(
     peak_flops: float = H100_BF16_DENSE_FLOPS,
     parallel_embedding: bool = False,
 ) -> Capacity:
-    layout = Layout(tp, pp, parallel_embedding)
-    weights = per_rank_weight_bytes(spec, layout)
+    mapping = Mapping(tp, pp)
+    weights = per_rank_weight_bytes(spec, mapping, parallel_embedding=parallel_embedding)
     kv_tokens = None
     free_min = None
     for rank, w in enumerate(weights):
         free = gpu_bytes - w - reserve
-        per_tok = kv_bytes_per_token(spec, layout, layout.ranks(rank)[1])
+        per_tok = kv_bytes_per_token(spec, mapping, mapping.ranks(rank)[1])
         tokens = max(0, int(free * kv_fraction) // per_tok)
         kv_tokens = tokens if kv_tokens is None else min(kv_tokens, tokens)
         free_min = free if free_min is None else min(free_min, free)
@@ -191,16 +195,16 @@ def capacity(
         model=model,
         tp=tp,
         pp=pp,
-        gpus=layout.world_size,
+        gpus=mapping.world_size,
         params=total_params(spec),
         weight_max=max(weights),
         weight_min=min(weights),
         free_min=int(free_min or 0),
         kv_tokens=int(kv_tokens or 0),
-        kv_bytes_token=max(kv_bytes_per_token(spec, layout, s) for s in range(pp)),
+        kv_bytes_token=max(kv_bytes_per_token(spec, mapping, s) for s in range(pp)),
         flops_token=flops,
         seq_len=seq_len,
-        tokens_per_s=layout.world_size * peak_flops / flops,
+        tokens_per_s=mapping.world_size * peak_flops / flops,
         parallel_embedding=parallel_embedding,
     )
 

@@ -1,6 +1,7 @@
 """NeMo reward checkpoint → TensorRT-LLM unified checkpoint (config.json + rank{N}.safetensors), any TP×PP.
 
-A conversion is the weight table (reward_triton/weights.py: names and split rules, docs/formats.md) applied per rank:
+A conversion is the weight table (reward_triton/engine/weights.py: names and split rules, docs/formats.md) applied
+per rank:
 - column-parallel weights (qkv, fc, gate, vocab rows of lm_head) split on dim 0, row-parallel (dense, proj) on dim 1;
 - qkv is regrouped from NeMo's per-group [q.., k, v] rows into per-rank [q_r; k_r; v_r], replicating KV heads
   when there are fewer KV heads than TP ranks;
@@ -29,8 +30,9 @@ from build_engine.nemo.errors import CheckpointError
 from build_engine.nemo.source import NemoCheckpoint, WeightSource, open_checkpoint
 from build_engine.safetensors_stream import SafetensorsWriter
 from build_engine.spec import ModelSpec
-from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
-from reward_triton.weights import (
+from reward_triton.engine import dtypes
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.weights import (
     EMBEDDING,
     HEAD_B,
     HEAD_W,
@@ -40,10 +42,9 @@ from reward_triton.weights import (
     Weight,
     engine_rows,
     stage_layer_names,
-    stage_layers,
 )
+from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 BLOCK_BYTES = 64 << 20  # row-block size for tensors streamed in pieces (embedding, lm_head)
 
 
@@ -51,27 +52,7 @@ class ConversionError(ValueError):
     """Unsupported TP×PP for this model, or a checkpoint that does not match its config."""
 
 
-@dataclass(frozen=True)
-class Layout:
-    tp: int = 1
-    pp: int = 1
-    # TensorRT-LLM use_parallel_embedding (sharding dim 0): each TP rank of stage 0 holds pad(V,T)/T embedding
-    # rows instead of all V, saving (T-1)/T of the table per GPU (8 GiB per GPU for Nemotron-4-340B at TP8).
-    parallel_embedding: bool = False
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp
-
-    def ranks(self, rank: int) -> tuple[int, int]:
-        """(tp_rank, pp_rank) of a global rank: ranks 0..tp-1 are stage 0."""
-        return rank % self.tp, rank // self.tp
-
-    def stage_layers(self, num_layers: int, pp_rank: int) -> list[int]:
-        return stage_layers(num_layers, self.pp, pp_rank)
-
-
-def validate(spec: ModelSpec, weights: WeightSource, layout: Layout) -> None:
+def validate(spec: ModelSpec, weights: WeightSource, mapping: Mapping) -> None:
     """Every tensor the conversion reads exists with the shape the config implies; TP×PP fits the model."""
     for name, shape in spec.expected_shapes().items():
         if not weights.has(name):
@@ -83,7 +64,7 @@ def validate(spec: ModelSpec, weights: WeightSource, layout: Layout) -> None:
             raise CheckpointError(
                 f"checkpoint: tensor '{name}' has {weights.num_layers(name)} layers, config says {spec.num_layers}"
             )
-    t, kv = layout.tp, spec.num_kv_heads
+    t, kv = mapping.tp, spec.num_kv_heads
     checks = [
         (spec.num_attention_heads % t == 0, f"num_attention_heads {spec.num_attention_heads}"),
         (spec.ffn_hidden_size % t == 0, f"ffn_hidden_size {spec.ffn_hidden_size}"),
@@ -92,12 +73,12 @@ def validate(spec: ModelSpec, weights: WeightSource, layout: Layout) -> None:
     for ok, what in checks:
         if not ok:
             raise ConversionError(f"tp_size {t} does not divide {what}")
-    if layout.pp < 1 or layout.pp > spec.num_layers:
-        raise ConversionError(f"pp_size {layout.pp} must be between 1 and num_layers {spec.num_layers}")
+    if mapping.pp > spec.num_layers:
+        raise ConversionError(f"pp_size {mapping.pp} must be between 1 and num_layers {spec.num_layers}")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cutting: each table rule (reward_triton/weights.py) as jobs that produce one rank's tensors from the source.
+# Cutting: each table rule (reward_triton/engine/weights.py) as jobs that produce one rank's tensors from the source.
 Blocks = Iterator[tuple[int, torch.Tensor]]
 
 
@@ -110,11 +91,24 @@ class Job:
 
 
 class RankPlanner:
-    """The tensors (name, per-rank shape, how to produce them) of one output rank, by the weight table."""
+    """The tensors (name, per-rank shape, how to produce them) of one output rank, by the weight table.
 
-    def __init__(self, spec: ModelSpec, weights: WeightSource, layout: Layout, dtype: torch.dtype, lm_head: str):
-        self.spec, self.weights, self.layout, self.dtype, self.lm_head = spec, weights, layout, dtype, lm_head
-        self.tp = tp_layout(spec, layout, lm_head)
+    `parallel_embedding`: TensorRT-LLM use_parallel_embedding (sharding dim 0): each TP rank of stage 0 holds
+    pad(V,T)/T embedding rows instead of all V, saving (T-1)/T of the table per GPU (8 GiB per GPU for
+    Nemotron-4-340B at TP8)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: WeightSource,
+        mapping: Mapping,
+        dtype: torch.dtype,
+        lm_head: str,
+        parallel_embedding: bool = False,
+    ):
+        self.spec, self.weights, self.mapping, self.dtype, self.lm_head = spec, weights, mapping, dtype, lm_head
+        self.parallel_embedding = parallel_embedding
+        self.tp = tp_layout(spec, mapping, lm_head, parallel_embedding)
         self.shapes = spec.expected_shapes()  # `validate` checked the checkpoint against them; capacity has no weights
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
@@ -145,20 +139,20 @@ class RankPlanner:
 
     def column(self, dst: str, src: str, layer: int, tp_rank: int, offset: int, total: int) -> Job:
         """Rows [offset + r*total/T, ...) of the source (offset selects a gated half)."""
-        n = total // self.layout.tp
+        n = total // self.mapping.tp
         return self._rows(dst, src, layer, offset + tp_rank * n, n)
 
     def row(self, dst: str, src: str, layer: int, tp_rank: int) -> Job:
         """Columns [r*total/T, (r+1)*total/T) of the source."""
         rows, total = self.shapes[src]
-        n = total // self.layout.tp
+        n = total // self.mapping.tp
         start = tp_rank * n
         return self._one(dst, (rows, n), lambda: self._cast(self.weights.read(src, layer, cols=(start, start + n))))
 
     def embedding(self, dst: str, tp_rank: int) -> Job:
         v, h = self.spec.vocab_size, self.spec.hidden_size
         lo, hi, rows = 0, v, v
-        if self.layout.parallel_embedding:
+        if self.parallel_embedding:
             rows = self.tp.vocab_rows_per_rank()
             lo, hi = tp_rank * rows, min(v, (tp_rank + 1) * rows)
         step = max(1, BLOCK_BYTES // (h * 4))
@@ -210,34 +204,36 @@ class RankPlanner:
 
     # -- the rank ------------------------------------------------------------------------------------
     def jobs(self, rank: int) -> list[Job]:
-        tp_rank, pp_rank = self.layout.ranks(rank)
+        tp_rank, pp_rank = self.mapping.ranks(rank)
         rows = engine_rows(self.spec.arch)
-        first, last = pp_rank == 0, pp_rank == self.layout.pp - 1
+        first, last = pp_rank == 0, pp_rank == self.mapping.pp - 1
         jobs: list[Job] = []
         for w in rows:  # stage 0 holds the embedding, the last stage the final norm and the head
             if not w.is_layer and (first if w.rule is Rule.EMBEDDING else last):
                 jobs += self.cut(w, None, 0, tp_rank)
-        for local, layer in enumerate(self.layout.stage_layers(self.spec.num_layers, pp_rank)):
+        for local, layer in enumerate(self.mapping.stage_layers(self.spec.num_layers, pp_rank)):
             for w in rows:
                 if w.is_layer:
                     jobs += self.cut(w, layer, local, tp_rank)
         return jobs
 
 
-def tp_layout(spec: ModelSpec, layout: Layout, lm_head: str) -> TPLayout:
+def tp_layout(spec: ModelSpec, mapping: Mapping, lm_head: str, parallel_embedding: bool = False) -> TPLayout:
     return TPLayout(
-        tp=layout.tp,
+        tp=mapping.tp,
         num_heads=spec.num_attention_heads,
         num_kv_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,
         vocab_size=spec.vocab_size,
-        parallel_embedding=layout.parallel_embedding,
+        parallel_embedding=parallel_embedding,
         compact_head=lm_head == "compact",
     )
 
 
 # ---------------------------------------------------------------------------------------------------------
-def trtllm_config(spec: ModelSpec, layout: Layout, dtype: str, lm_head: str) -> dict[str, object]:
+def trtllm_config(
+    spec: ModelSpec, mapping: Mapping, dtype: str, lm_head: str, parallel_embedding: bool = False
+) -> dict[str, object]:
     common: dict[str, object] = {
         "dtype": dtype,
         "logits_dtype": "float32",
@@ -252,8 +248,8 @@ def trtllm_config(spec: ModelSpec, layout: Layout, dtype: str, lm_head: str) -> 
         "position_embedding_type": "rope_gpt_neox",
         "max_position_embeddings": spec.max_position_embeddings,
         "rotary_base": spec.rotary_base,
-        "mapping": {"world_size": layout.world_size, "tp_size": layout.tp, "pp_size": layout.pp},
-        "use_parallel_embedding": layout.parallel_embedding,
+        "mapping": mapping.to_json(),
+        "use_parallel_embedding": parallel_embedding,
         "embedding_sharding_dim": 0,
         "share_embedding_table": False,
         "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
@@ -317,21 +313,25 @@ def rank_bytes(planner: RankPlanner, rank: int) -> int:
     return sum(math.prod(j.shape) for j in planner.jobs(rank)) * planner.dtype.itemsize
 
 
-def prepare(ckpt: NemoCheckpoint, layout: Layout, dtype: str, lm_head: str) -> tuple[ModelSpec, RankPlanner]:
-    if dtype not in DTYPES:
-        raise ConversionError(f"dtype '{dtype}' is not supported (choose from {sorted(DTYPES)})")
+def prepare(
+    ckpt: NemoCheckpoint, mapping: Mapping, dtype: str, lm_head: str, parallel_embedding: bool = False
+) -> tuple[ModelSpec, RankPlanner]:
+    if dtype not in dtypes.NAMES:
+        raise ConversionError(f"dtype '{dtype}' is not supported (choose from {', '.join(dtypes.NAMES)})")
     if lm_head not in ("padded", "compact"):
         raise ConversionError(f"lm_head '{lm_head}' must be 'padded' or 'compact'")
     spec = ModelSpec.from_nemo(ckpt.config, ckpt.weights)
-    validate(spec, ckpt.weights, layout)
-    return spec, RankPlanner(spec, ckpt.weights, layout, DTYPES[dtype], lm_head)
+    validate(spec, ckpt.weights, mapping)
+    return spec, RankPlanner(spec, ckpt.weights, mapping, dtypes.parse_dtype(dtype), lm_head, parallel_embedding)
 
 
-def write_side_files(ckpt: NemoCheckpoint, spec: ModelSpec, layout: Layout, dtype: str, lm_head: str, d: Path) -> None:
+def write_side_files(ckpt: NemoCheckpoint, planner: RankPlanner, dtype: str, d: Path) -> None:
     """config.json, reward_metadata.json and the tokenizer: everything but the rank files."""
+    spec, lm_head = planner.spec, planner.lm_head
     (d / TOKENIZER_FILE).write_bytes(ckpt.read_artifact(spec.tokenizer_ref))
     build_metadata(spec, ckpt.weights, dtype, lm_head).save(d)
-    (d / "config.json").write_text(json.dumps(trtllm_config(spec, layout, dtype, lm_head), indent=2) + "\n")
+    config = trtllm_config(spec, planner.mapping, dtype, lm_head, planner.parallel_embedding)
+    (d / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def convert(
@@ -345,14 +345,14 @@ def convert(
     parallel_embedding: bool = False,
 ) -> Path:
     """Convert a NeMo reward checkpoint into a complete TensorRT-LLM checkpoint directory at `output`."""
-    layout = Layout(tp, pp, parallel_embedding)
+    mapping = Mapping(tp, pp)
     with open_checkpoint(nemo) as ckpt:
-        spec, planner = prepare(ckpt, layout, dtype, lm_head)
-        total = sum(rank_bytes(planner, r) for r in range(layout.world_size))
+        _, planner = prepare(ckpt, mapping, dtype, lm_head, parallel_embedding)
+        total = sum(rank_bytes(planner, r) for r in range(mapping.world_size))
         with atomic_directory(Path(output)) as tmp:
-            write_side_files(ckpt, spec, layout, dtype, lm_head, tmp)
+            write_side_files(ckpt, planner, dtype, tmp)
             with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar:
-                for rank in range(layout.world_size):
+                for rank in range(mapping.world_size):
                     write_rank(planner, rank, tmp, bar)
     return Path(output)
 
@@ -372,7 +372,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output directory (replaced atomically when complete)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="bfloat16", choices=dtypes.NAMES)
     p.add_argument(
         "--lm-head",
         default="padded",

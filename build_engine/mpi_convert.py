@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 from build_engine import convert as conv
 from build_engine.atomic import commit_directory, partial_directory
 from build_engine.nemo.source import open_checkpoint
+from reward_triton.engine.mapping import Mapping
 
 T = TypeVar("T")
 
@@ -99,7 +100,7 @@ def mpi_convert(
     """Convert with every process of `comm` (default MPI.COMM_WORLD); returns `output` on every process."""
     comm = comm if comm is not None else world()
     output = Path(output).absolute()
-    layout = conv.Layout(tp, pp, parallel_embedding)
+    mapping = Mapping(tp, pp)
     state: dict[str, Any] = {}
 
     def cleanup() -> None:
@@ -112,7 +113,7 @@ def mpi_convert(
     def plan() -> None:
         ckpt = open_checkpoint(nemo)
         state["ckpt"] = ckpt
-        state["spec"], state["planner"] = conv.prepare(ckpt, layout, dtype, lm_head)
+        state["spec"], state["planner"] = conv.prepare(ckpt, mapping, dtype, lm_head, parallel_embedding)
         if run.rank == 0:
             state["tmp"] = partial_directory(output)
 
@@ -120,7 +121,7 @@ def mpi_convert(
         run.phase("planning", plan)
         tmp = Path(comm.bcast(str(state["tmp"]) if run.rank == 0 else None, root=0))
         state["tmp"] = tmp if run.rank == 0 else None
-        mine = my_ranks(layout.world_size, run.rank, run.size)
+        mine = my_ranks(mapping.world_size, run.rank, run.size)
 
         def write() -> None:
             if not tmp.is_dir():
@@ -132,10 +133,10 @@ def mpi_convert(
         def finish() -> None:
             if run.rank != 0:
                 return
-            missing = [r for r in range(layout.world_size) if not (tmp / f"rank{r}.safetensors").is_file()]
+            missing = [r for r in range(mapping.world_size) if not (tmp / f"rank{r}.safetensors").is_file()]
             if missing:
                 raise FileNotFoundError(f"{tmp}: rank files missing after all processes finished: {missing}")
-            conv.write_side_files(state["ckpt"], state["spec"], layout, dtype, lm_head, tmp)
+            conv.write_side_files(state["ckpt"], state["planner"], dtype, tmp)
             commit_directory(tmp, output)
             state["tmp"] = None
 

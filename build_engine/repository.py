@@ -22,14 +22,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from reward_triton.engine import dtypes
 from reward_triton.metadata import MetadataError, RewardMetadata
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES
+from reward_triton.serving import trtllm_contract as contract
+from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES
+from reward_triton.serving.trtllm_contract import ContractViolation, EngineLimits
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "reward_model")
 BACKENDS = ("torch", "tensorrtllm")
 CONFIG = "config.pbtxt"
-TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
+TORCH_DTYPES = ("auto", *dtypes.NAMES)
 
 
 class RepositoryError(ValueError):
@@ -46,7 +49,8 @@ class RenderOptions:
     reward_model_max_rows: int = 1024  # rows per `reward_model` request (NeMo-Aligner sends a whole rollout batch)
     reward_model_instances: int = 2  # requests fanned out side by side (e.g. several data-parallel trainer ranks)
     # Compute dtype of the PyTorch engine. "auto": the checkpoint's own dtype (config.json `dtype`): a bf16
-    # checkpoint computes bf16 GEMMs/attention with fp32 norm statistics and an fp32 head, as TensorRT-LLM does.
+    # checkpoint computes bf16 GEMMs/attention with fp32 norm statistics and an fp32 head (TensorRT-LLM runs the
+    # head in bf16 and casts its logits to fp32, so engine rewards carry bf16 rounding of the head).
     torch_dtype: str = "auto"
     torch_device: str = "cpu"
     # Intra-op threads of the PyTorch engine. None ("auto"): measured at render time on this machine with this
@@ -55,6 +59,14 @@ class RenderOptions:
     # One forward per sequence: scores independent of batching (bit-reproducible reruns), at a throughput cost.
     torch_batch_invariant: bool = False
     kv_cache_free_gpu_mem_fraction: float = 0.9
+    # TensorRT-LLM block reuse across requests (turn prefixes, a prompt's candidates); needs an engine built with
+    # paged context FMHA (build_engine.trtllm_build's default).
+    kv_cache_reuse: bool = True
+    # Chunked context: None = on exactly when the engine's max_num_tokens < max_input_len (a long prompt then
+    # spans several iterations), which also needs paged context FMHA.
+    chunked_context: bool | None = None
+    # The engine directory as the serving container sees it (written into every config); default: its path here.
+    engine_dir_in_container: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -80,13 +92,13 @@ def resolve_torch_options(
     """Fill the automatic PyTorch-engine choices for this checkpoint on this machine.
 
     - torch_dtype "auto" → the checkpoint's dtype (config.json `dtype`; float32 when absent).
-    - torch_threads None → `reward_triton.bench_engine.measure_threads`: the engine scores a typical served batch
+    - torch_threads None → `tooling.bench_engine.measure_threads`: the engine scores a typical served batch
       with 1, 2, 4, ... threads (up to the cores this process may use), best of 3 interleaved runs, and more
       threads are taken only when ≥ 15 % faster. Without weights to time (a metadata-only directory, a device
       other than cpu, or rank files over 4 GiB) it is 1: idle OpenMP threads that spin while other processes
       hold a small machine's cores cost more than they give.
     """
-    from reward_triton.engine import checkpoint_dtype
+    from reward_triton.engine.model import checkpoint_dtype
 
     checkpoint = Path(checkpoint)
     if options.torch_dtype == "auto":
@@ -97,7 +109,7 @@ def resolve_torch_options(
         if options.torch_device != "cpu" or not ranks or size > MEASURE_THREADS_MAX_BYTES:
             threads = 1
         else:
-            from reward_triton.bench_engine import measure_threads
+            from tooling.bench_engine import measure_threads
 
             threads, _ = measure_threads(checkpoint, options.torch_dtype, log=log)
         options = replace(options, torch_threads=threads)
@@ -128,7 +140,20 @@ def template_file(model_dir: Path, backend: str) -> Path:
     raise RepositoryError(f"{model_dir}: no config template (config.pbtxt.in or config.{backend}.pbtxt.in)")
 
 
-def variables(meta: RewardMetadata, model_dir: Path, engine_dir: Path, options: RenderOptions) -> dict[str, str]:
+@dataclass(frozen=True)
+class Served:
+    """What the stages are told about the engine: where they read it (as the server sees the path) and the limits
+    every stage enforces (the BUILT engine's, for backend tensorrtllm)."""
+
+    model_dir: str
+    engine_dir: str
+    max_input_len: int
+    logits_type: str
+    kv_cache_reuse: bool = False
+    chunked_context: bool = False
+
+
+def variables(meta: RewardMetadata, served: Served, options: RenderOptions) -> dict[str, str]:
     def js(value: object) -> str:
         return pbtxt_string(json.dumps(value))
 
@@ -139,20 +164,53 @@ def variables(meta: RewardMetadata, model_dir: Path, engine_dir: Path, options: 
         "max_request_bytes": str(options.max_request_bytes),
         "reward_model_max_rows": str(options.reward_model_max_rows),
         "reward_model_instances": str(options.reward_model_instances),
-        "model_dir": pbtxt_string(str(model_dir)),
-        "engine_dir": pbtxt_string(str(engine_dir)),
+        "model_dir": pbtxt_string(served.model_dir),
+        "engine_dir": pbtxt_string(served.engine_dir),
         "torch_dtype": options.torch_dtype,
         "torch_device": options.torch_device,
         "torch_threads": str(1 if options.torch_threads is None else options.torch_threads),
         "torch_batch_invariant": "true" if options.torch_batch_invariant else "false",
         "kv_cache_free_gpu_mem_fraction": str(options.kv_cache_free_gpu_mem_fraction),
+        "enable_kv_cache_reuse": "true" if served.kv_cache_reuse else "false",
+        "enable_chunked_context": "true" if served.chunked_context else "false",
+        "logits_datatype": served.logits_type,
         "num_attributes": str(meta.num_attributes),
         "attribute_names": js(list(meta.attribute_names)),
         "trained_attributes": js(list(meta.trained_attributes)),
         "scalar_weights": js(list(meta.scalar_weights)),
-        "max_input_len": str(meta.max_input_len),
+        "max_input_len": str(served.max_input_len),
         "model_family": pbtxt_string(meta.model_family),
     }
+
+
+def serve_engine(checkpoint: Path, engine: Path, options: RenderOptions) -> Served:
+    """Backend tensorrtllm: check the built engine (config.json, one rank file per rank), put the metadata and
+    tokenizer next to it with the engine's max_input_len, and decide KV reuse and chunked context from how it was
+    built. Every problem is a RepositoryError now, on this machine, not a load failure in the container."""
+    try:
+        limits = EngineLimits.of_engine(engine)
+        limits.check_files(engine)
+        logits_type = limits.logits_type
+    except ContractViolation as e:
+        raise RepositoryError(f"{e} (build it first: python -m build_engine.trtllm_build)") from None
+    fits = limits.max_num_tokens is None or limits.max_num_tokens >= limits.max_input_len
+    chunked = (not fits) if options.chunked_context is None else options.chunked_context
+    if not fits and not chunked:
+        raise RepositoryError(
+            f"{engine}: max_num_tokens {limits.max_num_tokens} < max_input_len {limits.max_input_len} with chunked "
+            "context off: a long prompt could never be scheduled (leave chunked context on, or rebuild with "
+            "--max-num-tokens >= max_input_len)"
+        )
+    if (chunked or options.kv_cache_reuse) and not limits.paged_context_fmha:
+        wanted = "KV cache reuse" if options.kv_cache_reuse else "chunked context"
+        raise RepositoryError(
+            f"{engine}: {wanted} needs an engine built with --use_paged_context_fmha enable (rebuild with "
+            "python -m build_engine.trtllm_build, whose default enables it"
+            + (", or render with KV cache reuse off: --no-kv-cache-reuse)" if options.kv_cache_reuse else ")")
+        )
+    RewardMetadata.copy(checkpoint, engine, max_input_len=limits.max_input_len)
+    where = options.engine_dir_in_container or str(engine)
+    return Served(where, where, limits.max_input_len, logits_type, options.kv_cache_reuse, chunked)
 
 
 def render_text(template: str, values: dict[str, str], source: str = "template") -> str:
@@ -206,28 +264,48 @@ def render_repository(
     if options.backend == "tensorrtllm":
         if engine_dir is None:
             raise RepositoryError("backend tensorrtllm needs engine_dir (the trtllm-build output directory)")
-        engine = Path(engine_dir).resolve()
-        RewardMetadata.copy(checkpoint, engine)
-        model_dir = engine
+        served = serve_engine(checkpoint, Path(engine_dir).resolve(), options)
     else:
         if not (checkpoint / "config.json").is_file():
             raise RepositoryError(f"{checkpoint}: config.json missing (not a converted checkpoint)")
-        engine = model_dir = checkpoint
-    if options.backend == "torch":
+        where = options.engine_dir_in_container or str(checkpoint)
+        served = Served(where, where, meta.max_input_len, contract.LOGITS_TYPES["float32"])
         options = resolve_torch_options(checkpoint, options)
     out = source if output is None else Path(output).resolve()
     if out != source:
         _copy_models(source, out)
-    values = variables(meta, model_dir, engine, options)
+    values = variables(meta, served, options)
     rendered: dict[Path, str] = {}
     for model in MODELS:
         tpl = template_file(source / model, options.backend)
         text = render_text(tpl.read_text(), values, str(tpl))
         check_config(text, str(tpl))
         rendered[out / model / CONFIG] = text
-    for path, text in rendered.items():  # write only once every config rendered and parsed
+    check_contract(rendered[out / "tensorrt_llm" / CONFIG], rendered[out / "ensemble" / CONFIG], served.logits_type)
+    for path, text in rendered.items():  # write only once every config rendered, parsed and checked
         path.write_text(text)
     return out
+
+
+def config_dict(text: str) -> dict:
+    """A config.pbtxt as a dict (protobuf field names, enum names), the form the contract checks read."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def check_contract(engine_config: str, ensemble_config: str, logits_type: str) -> None:
+    """The rendered `tensorrt_llm` config against the written contract, and the ensemble's engine step asking for
+    every output the backend needs (reward_triton/serving/trtllm_contract.py)."""
+    problems = [f"tensorrt_llm: {p}" for p in contract.check_model_config(config_dict(engine_config), logits_type)]
+    steps = config_dict(ensemble_config).get("ensemble_scheduling", {}).get("step", [])
+    for step in steps:
+        if step.get("model_name") == "tensorrt_llm":
+            problems += contract.check_caller_outputs("ensemble step tensorrt_llm", step.get("output_map", {}))
+    if problems:
+        raise RepositoryError("the rendered repository breaks the tensorrt_llm contract: " + "; ".join(problems))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,6 +348,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="PyTorch engine threads: auto (measured now, on this machine), 0 (all cores) or N",
     )
     p.add_argument(
+        "--no-kv-cache-reuse",
+        action="store_true",
+        help="tensorrtllm: render enable_kv_cache_reuse false (default true; the engine needs paged context FMHA)",
+    )
+    p.add_argument(
+        "--chunked-context",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="tensorrtllm: enable_chunked_context (auto: on exactly when the engine's max_num_tokens < max_input_len)",
+    )
+    p.add_argument(
+        "--engine-dir-in-container",
+        help="the engine (or checkpoint) directory as the serving container sees it, written into every config",
+    )
+    p.add_argument(
         "--batch-invariant",
         action="store_true",
         help="PyTorch engine: one forward per sequence, so scores never depend on batching (slower)",
@@ -287,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch_dtype=a.torch_dtype,
             torch_threads=None if a.torch_threads == "auto" else int(a.torch_threads),
             torch_batch_invariant=a.batch_invariant,
+            kv_cache_reuse=not a.no_kv_cache_reuse,
+            chunked_context={"auto": None, "on": True, "off": False}[a.chunked_context],
+            engine_dir_in_container=a.engine_dir_in_container,
         )
         if options.backend == "torch":
             options = resolve_torch_options(a.checkpoint, options, log=print)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+from reward_triton.engine import dtypes
+
+DTYPE_NAMES = {d.torch: d.safetensors for d in dtypes.TABLE}
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reward_triton import weights as wt
+from reward_triton.engine import weights as wt
+from reward_triton.engine.weights import Arch, is_gated
 from reward_triton.metadata import default_attributes
-from reward_triton.weights import Arch, is_gated
 
 
 class SpecError(ValueError):
@@ -19,7 +19,7 @@ class ShapeSource(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
 
 
-# NeMo activation name -> the canonical one (whether it is gated: `reward_triton.weights.is_gated`)
+# NeMo activation name -> the canonical one (whether it is gated: `reward_triton.engine.weights.is_gated`)
 ACTIVATIONS = {
     "squared-relu": "squared-relu",
     "gelu": "gelu",

@@ -6,13 +6,20 @@ GPU machine, the engine goes into a hidden `.E.partial-*` sibling that replaces 
 succeeded and wrote `config.json` + one `rank{N}.engine` per rank; `reward_metadata.json` and `tokenizer.model`
 are then copied next to the engine (every serving stage reads them from the engine directory).
 
-Flags follow TensorRT-LLM >= 0.13 (`--kv_cache_type`); `extra_args` passes anything version-specific through
-(e.g. `--use_custom_all_reduce disable` on older releases for multi-node engines).
+Flags follow TensorRT-LLM >= 0.13 (`--kv_cache_type`); `extra_args` passes anything version-specific through.
+Paged context FMHA is on by default: the served config turns on KV-cache block reuse (shared conversation prefixes
+and prompts) and, when max_num_tokens < max_input_len, chunked context, and both need it.
+Release differences handled here (docs/production.md):
+- 0.13-0.19 `build_model` overwrites the checkpoint's `gpus_per_node` with trtllm-build's own `--gpus_per_node`
+  (default 8): the flag is passed whenever this trtllm-build has it (`trtllm-build --help`).
+- A PP size that does not divide the layer count is split like `torch.tensor_split` from 0.16 on (as the converter
+  splits it) but floor-divided by 0.13-0.15: refused unless the installed TensorRT-LLM is >= 0.16.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import shlex
@@ -27,10 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from build_engine.atomic import atomic_directory
+from reward_triton.engine import dtypes
+from reward_triton.engine.mapping import Mapping, MappingError
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
+from reward_triton.serving.trtllm_contract import ContractViolation, EngineLimits
 
 EXECUTABLE = "trtllm-build"
-DEFAULT_GPUS_PER_NODE = 8  # TensorRT-LLM's Mapping default
+UNEVEN_PP_SINCE = (0, 16)  # first release whose layer split matches torch.tensor_split
 INSTALL_HINT = (
     "TensorRT-LLM is GPU-only (CUDA, Python 3.12 wheels): run this inside the Triton TRT-LLM container "
     "(nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3) or after `pip install tensorrt-llm` on a GPU machine"
@@ -51,9 +61,10 @@ class BuildOptions:
     workers: int = 1  # parallel engine builds (one GPU each); capped by trtllm-build at the visible GPUs
     gpus_per_node: int | None = None  # written into the engine's mapping; default: the checkpoint's, else 8
     context_fmha: bool = True
-    paged_context_fmha: bool = False
+    paged_context_fmha: bool = True  # KV-cache block reuse and chunked context need it
     multiple_profiles: bool = False
     gather_generation_logits: bool = True  # needed by releases before generation logits became a runtime flag
+    allow_uneven_pp: bool = False  # the operator vouches for TensorRT-LLM >= 0.16 where it cannot be detected
     log_level: str = "info"
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -70,14 +81,12 @@ def read_config(checkpoint: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def mapping(config: dict[str, Any]) -> tuple[int, int, int]:
-    """(tp, pp, world) from a checkpoint config or an engine config's pretrained_config."""
-    m = config.get("mapping") or {}
-    tp, pp = int(m.get("tp_size", 1)), int(m.get("pp_size", 1))
-    world = int(m.get("world_size", tp * pp))
-    if world != tp * pp:
-        raise BuildError(f"config mapping: world_size {world} != tp_size {tp} x pp_size {pp}")
-    return tp, pp, world
+def mapping(config: dict[str, Any]) -> Mapping:
+    """The checkpoint config's TP×PP mapping (BuildError when it is not TP × PP)."""
+    try:
+        return Mapping.of_config(config)
+    except MappingError as e:
+        raise BuildError(str(e)) from None
 
 
 def resolved_lengths(config: dict[str, Any], opts: BuildOptions) -> tuple[int, int]:
@@ -91,9 +100,71 @@ def resolved_lengths(config: dict[str, Any], opts: BuildOptions) -> tuple[int, i
     if opts.max_num_tokens < max_input and not opts.paged_context_fmha:
         raise BuildError(
             f"max_num_tokens {opts.max_num_tokens} < max_input_len {max_input}: a full-length request would not fit "
-            "one iteration (raise max_num_tokens, or enable paged context FMHA for chunked context)"
+            "one iteration (raise max_num_tokens, or keep paged context FMHA on: the rendered config then turns "
+            "chunked context on)"
         )
     return max_input, max_seq
+
+
+def _parse_version(text: str) -> tuple[int, int] | None:
+    parts = text.strip().split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def installed_trtllm_version(exe: str | None = None) -> tuple[int, int] | None:
+    """(major, minor) of TensorRT-LLM: asked of the interpreter that runs `exe` (trtllm-build is a console script
+    whose first line names it; in the container that is the system Python, not this virtualenv), else of this
+    interpreter. None when neither has it."""
+    probe = "import importlib.metadata as m; print(m.version('tensorrt_llm'))"
+    if exe is not None:
+        try:
+            first = Path(exe).read_text(errors="replace").split("\n", 1)[0]
+        except OSError:
+            first = ""
+        if first.startswith("#!") and "python" in first:
+            try:
+                result = subprocess.run(
+                    [*shlex.split(first[2:].strip()), "-c", probe], capture_output=True, text=True, timeout=120
+                )
+            except (OSError, subprocess.TimeoutExpired):
+                result = None
+            if result is not None and result.returncode == 0:
+                return _parse_version(result.stdout)
+    for name in ("tensorrt_llm", "tensorrt-llm"):
+        try:
+            return _parse_version(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def check_pipeline_split(config: dict[str, Any], opts: BuildOptions, version: tuple[int, int] | None) -> None:
+    """Refuse a PP size that does not divide the layers where TensorRT-LLM would split them differently from the
+    converter (releases before 0.16 floor-divide: a silently wrong engine)."""
+    pp = mapping(config).pp
+    layers = int(config.get("num_hidden_layers") or 0)
+    if pp <= 1 or layers % pp == 0 or opts.allow_uneven_pp:
+        return
+    if version is not None and version >= UNEVEN_PP_SINCE:
+        return
+    found = "not installed here" if version is None else f"{version[0]}.{version[1]}"
+    raise BuildError(
+        f"{layers} layers over pp_size {pp} do not divide evenly: TensorRT-LLM before 0.16 splits them differently "
+        f"from this checkpoint (floor division, a wrong engine); TensorRT-LLM here: {found}. Use a PP size that "
+        "divides the layers, or pass --allow-uneven-pp when building with TensorRT-LLM >= 0.16"
+    )
+
+
+def supports_gpus_per_node(exe: str) -> bool:
+    """Whether this trtllm-build takes --gpus_per_node (it then overrides the checkpoint's own value)."""
+    try:
+        result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--gpus_per_node" in result.stdout + result.stderr
 
 
 def _flag(on: bool) -> str:
@@ -103,10 +174,10 @@ def _flag(on: bool) -> str:
 def build_argv(checkpoint: Path, output: Path, config: dict[str, Any], opts: BuildOptions) -> list[str]:
     """The exact `trtllm-build` argv for this checkpoint config and options."""
     dtype = str(config.get("dtype") or "bfloat16")
-    if dtype not in ("bfloat16", "float16", "float32"):
+    if dtype not in dtypes.NAMES:
         raise BuildError(f"checkpoint dtype {dtype!r} is not supported for the engine build")
     logits = str(config.get("logits_dtype") or "float32")
-    _, _, world = mapping(config)
+    world = mapping(config).world_size
     max_input, max_seq = resolved_lengths(config, opts)
     argv = [
         EXECUTABLE,
@@ -153,7 +224,7 @@ def build_argv(checkpoint: Path, output: Path, config: dict[str, Any], opts: Bui
 
 
 def gpus_per_node(config: dict[str, Any]) -> int:
-    return int((config.get("mapping") or {}).get("gpus_per_node") or DEFAULT_GPUS_PER_NODE)
+    return mapping(config).gpus_per_node
 
 
 @contextmanager
@@ -164,7 +235,7 @@ def build_view(checkpoint: Path, config: dict[str, Any], opts: BuildOptions) -> 
     if want is None or want == gpus_per_node(config):
         yield checkpoint
         return
-    _, _, world = mapping(config)
+    world = mapping(config).world_size
     with tempfile.TemporaryDirectory(prefix="trtllm-build-view-") as d:
         view = Path(d)
         for rank in range(world):
@@ -202,16 +273,24 @@ def build_engine(
     if exe is None:
         cmd = shlex.join(build_argv(checkpoint, output, config, opts))
         raise BuildError(f"{EXECUTABLE} is not on PATH. {INSTALL_HINT}. The build command is:\n  {cmd}")
-    _, _, world = mapping(config)
+    world = mapping(config).world_size
+    check_pipeline_split(config, opts, installed_trtllm_version(exe))
+    node_flag = (
+        ["--gpus_per_node", str(opts.gpus_per_node or gpus_per_node(config))] if supports_gpus_per_node(exe) else []
+    )
     with atomic_directory(output) as tmp:
         with build_view(checkpoint, config, opts) as view:
-            argv = [exe, *build_argv(view, tmp, config, opts)[1:]]
+            argv = [exe, *build_argv(view, tmp, config, opts)[1:], *node_flag]
             print(shlex.join(argv), flush=True)
             result = subprocess.run(argv, check=False)
         if result.returncode != 0:
             raise BuildError(f"{EXECUTABLE} failed with exit status {result.returncode}")
         check_engine(tmp, world)
-        RewardMetadata.copy(checkpoint, tmp)
+        try:  # every stage then enforces the BUILT engine's max_input_len
+            built = EngineLimits.of_engine(tmp).max_input_len
+        except ContractViolation as e:
+            raise BuildError(str(e)) from None
+        RewardMetadata.copy(checkpoint, tmp, max_input_len=built)
     return output
 
 
@@ -224,8 +303,9 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
         opt_num_tokens=a.opt_num_tokens,
         workers=a.workers,
         gpus_per_node=a.gpus_per_node,
-        paged_context_fmha=a.paged_context_fmha,
+        paged_context_fmha=a.paged_context_fmha == "enable",
         multiple_profiles=a.multiple_profiles,
+        allow_uneven_pp=a.allow_uneven_pp,
         extra_args=tuple(shlex.split(a.extra_args)),
     )
 
@@ -245,7 +325,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-num-tokens", type=int, default=None)
     p.add_argument("--workers", type=int, default=d.workers, help="parallel builds, one GPU each")
     p.add_argument("--gpus-per-node", type=int, default=None, help="engine mapping's gpus_per_node (default 8)")
-    p.add_argument("--paged-context-fmha", action="store_true", help="allow chunked context")
+    p.add_argument(
+        "--paged-context-fmha",
+        choices=("enable", "disable"),
+        default="enable",
+        help="paged context FMHA (default enable: KV-cache block reuse and chunked context need it)",
+    )
+    p.add_argument(
+        "--allow-uneven-pp",
+        action="store_true",
+        help="build a PP size that does not divide the layers (only correct with TensorRT-LLM >= 0.16)",
+    )
     p.add_argument("--multiple-profiles", action="store_true")
     p.add_argument("--extra-args", default="", help="more trtllm-build arguments, one shell-quoted string")
     p.add_argument("--print", action="store_true", help="print the trtllm-build command and exit")
@@ -258,7 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = options_from_args(a)
         if a.print:
             ckpt, out = Path(a.checkpoint).absolute(), Path(a.output).absolute()
-            print(shlex.join(build_argv(ckpt, out, read_config(ckpt), opts)))
+            config = read_config(ckpt)
+            try:
+                check_pipeline_split(config, opts, installed_trtllm_version(shutil.which(EXECUTABLE)))
+            except BuildError as e:
+                print(f"warning: {e}", file=sys.stderr)
+            print(shlex.join(build_argv(ckpt, out, config, opts)))
             return 0
         out = build_engine(a.checkpoint, a.output, opts)
     except BuildError as e:

@@ -17,17 +17,19 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
+
+from reward_triton import model_config
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_MODEL = "ensemble"
 RETRYABLE = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"})
 REJECTED = frozenset({"StatusCode.INVALID_ARGUMENT"})
-# INTERNAL with this text: a dead python backend stub (reward_triton.supervisor restarts the server)
+# INTERNAL with this text: a dead python backend stub (reward_triton.ops.supervisor restarts the server)
 DEAD_STUB = "is not healthy"
 # reconnect to a restarted server within seconds (gRPC's default backoff grows to 120 s)
 CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
@@ -73,7 +75,7 @@ class ModelMetadata:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], model: str = DEFAULT_MODEL) -> ModelMetadata:
         """`config` is the model config as JSON (get_model_config(..., as_json=True)["config"])."""
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = model_config.parameters(config)
 
         def load(key: str) -> list[Any]:
             raw = params.get(key)
@@ -167,6 +169,7 @@ class RewardClient:
         timeout: float | None = 120.0,
         retry: RetryPolicy | None = None,
         notify: Callable[[str], None] | None = None,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -175,6 +178,8 @@ class RewardClient:
         self.concurrency = concurrency
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.weights = weights  # `reward` = these weights over the scores instead of the checkpoint's (client.weights)
+        self._resolved_weights: tuple[float, ...] | None = None
         self._client: Any = None
         self._semaphore: asyncio.Semaphore | None = None
         self._metadata: ModelMetadata | None = None
@@ -314,7 +319,14 @@ class RewardClient:
                 f"infer({self.model})",
                 lambda: client.infer(self.model, inputs, client_timeout=self.timeout),
             )
-        return self._decode(result, meta)
+        score = self._decode(result, meta)
+        if self.weights is None:
+            return score
+        from client.weights import resolve, weighted_reward  # client.weights imports this module
+
+        if self._resolved_weights is None:
+            self._resolved_weights = resolve(self.weights, meta)
+        return replace(score, reward=weighted_reward(score, meta, self._resolved_weights))
 
     def _decode(self, result: Any, meta: ModelMetadata) -> Score:
         def output(name: str) -> np.ndarray:

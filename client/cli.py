@@ -13,6 +13,7 @@ from typing import Any
 
 from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestRejected, RetryPolicy, RewardClient, RewardClientError, Score
 from client.conversations import RecordError, conversation_form, parse_json, prefix_conversation
+from client.weights import parse_option as parse_weights
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
 # how long a request rides out an unavailable / restarting server: long jobs wait, interactive commands answer soon
@@ -60,6 +61,12 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         f"{LONG_RETRY_S:.0f} for annotate and evaluate, {SHORT_RETRY_S:.0f} for the others)",
     )
     g.add_argument("--retries", type=int, default=default(None), help="at most this many tries per request")
+    g.add_argument(
+        "--weights",
+        default=default(None),
+        help="scalar reward = these weights over the attributes instead of the checkpoint's: one per trained "
+        "attribute ('0.3,0.74,0.46,0.47,-0.33'), one per model output, or 'name=w,...' / JSON",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy of (chosen, rejected) preference pairs (RewardBench or plain)",
         "Accuracy per subset and per RewardBench section (Chat, Chat Hard, Safety, Reasoning); overall = "
         "mean of sections. Pairs without a subset form one section 'all' whose overall is the accuracy over all "
-        "pairs. A pair is right only if reward(chosen) > reward(rejected).",
+        "pairs. A pair is right only if reward(chosen) > reward(rejected). A RewardBench 2 file "
+        "(chosen/rejected lists) gets best-of-N accuracy per subset, Ties by its own rule, overall = mean of "
+        "subsets; resumable (rerun to continue).",
     )
     p.add_argument("pairs", help="jsonl with prompt, chosen, rejected and optionally subset")
     p.add_argument("--system", help="system prompt for string chosen/rejected (default: the model's)")
@@ -146,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", help="write one JSON line per pair (line, id, subset, chosen, rejected, margin, correct or error)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # RewardBench 2 (client/evaluate_v2.py)
+    p.add_argument(
+        "--format",
+        choices=["auto", "pairs", "rb2"],
+        default="auto",
+        help="pairs (RewardBench) or rb2 (RewardBench 2 rows: chosen/rejected lists); auto: by the first row",
+    )
+    p.add_argument("--scores", help="rb2: per-row scores file, what resumes a run (default PAIRS.rb2-scores.jsonl)")
+    p.add_argument("--restart", action="store_true", help="rb2: ignore the scores file and start over")
 
     p = add("info", "show what the served model outputs", "Attribute names, trained attributes, scalar weights (JSON).")
     p.add_argument("--json", action="store_true", help="print JSON (what info always prints)")
@@ -165,6 +183,7 @@ def _client(args: argparse.Namespace) -> RewardClient:
             attempts=None if args.retries is None else max(1, args.retries),
         ),
         notify=lambda text: print(f"reward-client {args.command}: {text}", file=sys.stderr, flush=True),
+        weights=None if args.weights is None else parse_weights(args.weights),
     )
 
 
@@ -329,6 +348,10 @@ def _bar(desc: str, total: int, enabled: bool, unit: str) -> Any:
 
 
 async def cmd_evaluate(args: argparse.Namespace) -> int:
+    from client import evaluate_v2
+
+    if args.format == "rb2" or (args.format == "auto" and evaluate_v2.looks_like_v2(args.pairs)):
+        return await evaluate_v2.run(args, _client(args))
     from client.evaluate import dumps, evaluation_report, format_report, pair_rows, read_pairs, score_pairs
     from client.safe_paths import OutputPathError, check_outputs, part_path, write_text_beside
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reward_triton.conversation import JSONTextError, decode_json
+from reward_triton.serving.conversation import JSONTextError, decode_json
 
 NEMO_DEFAULT_MASK = "User"
 NEMO_ASSISTANT = "Assistant"

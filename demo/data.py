@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, PromptTemplate
+from reward_triton.serving import prompt
+from reward_triton.serving.conversation import from_nemo
 
 Conversation = dict[str, Any]
 
@@ -492,14 +494,8 @@ class Example:
 
 
 def render(conversation: Conversation, template: PromptTemplate | None = None) -> str:
-    """SteerLM string that scores the LAST assistant turn: system, every turn, then the label prefix."""
-    t = template or PromptTemplate()
-    parts = [t.system.format(conversation.get("system", ""))]
-    for turn in conversation["conversations"]:
-        fmt = t.user if turn["from"] == conversation.get("mask", "User") else t.assistant
-        parts.append(fmt.format(turn["value"]))
-    parts.append(t.label)
-    return "".join(parts)
+    """SteerLM string that scores the LAST assistant turn (the served renderer, reward_triton.serving.prompt)."""
+    return prompt.render(from_nemo(conversation), template or PromptTemplate(), "")
 
 
 def n_words(text: str) -> int:

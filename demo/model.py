@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reward_triton.weights import (
+from reward_triton.engine.weights import (
     EMBEDDING,
     FC1,
     FC2,

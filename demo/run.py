@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from client.api import RewardClient, Score
-from reward_triton.server import ServerProcess
+from reward_triton.ops.server import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,6 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from reward_triton.signals import run_stoppable
+    from reward_triton.ops.signals import run_stoppable
 
     sys.exit(run_stoppable(main, "demo"))

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # `python demo/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from build_engine.nemo.writer import model_config, write_nemo_checkpoint  # noqa: E402
 from demo import data  # noqa: E402
 from demo.model import TinyConfig, TinyNemotronReward, count_parameters, pad_batch  # noqa: E402
 from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES  # noqa: E402
+from tooling.nemo_writer import model_config, write_nemo_checkpoint  # noqa: E402
 
 TOKENIZER_NAME = "demo_tokenizer.model"
 SPECIAL_SYMBOLS = ["<extra_id_0>", "<extra_id_1>", "<extra_id_2>", "\n"]

@@ -5,7 +5,8 @@
 - `ServerFault`: the server failed (a bug, the engine raising, a head that does not match the engine); Triton
   returns INTERNAL, never INVALID_ARG.
 
-How a stage turns them into one response per request is `reward_triton/stages.py` (`Failure`, `guarded`).
+How a stage turns them into one response per request is `reward_triton/serving/results.py` (`Failure`, `guarded`)
+and `reward_triton/serving/triton.py`.
 """
 
 from __future__ import annotations

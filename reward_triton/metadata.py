@@ -3,8 +3,8 @@
 `reward_metadata.json` sits next to the TensorRT-LLM checkpoint (and is copied next to the engine). It holds
 everything the serving stages need that the engine itself does not know: the reward head bias, attribute
 names and order, scalar weights, the SteerLM prompt template, the tokenizer file and the input length limit.
-This module also applies it: `render` (conversation → the scored prompt) and `scores` / `reward` (the reward head
-outside the engine: engine logits → per-attribute scores → scalar reward).
+It is applied by `reward_triton.serving.prompt` (conversation → the scored prompt) and `reward_triton.serving.head`
+(engine logits → per-attribute scores → scalar reward).
 """
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
-
-from reward_triton.conversation import Conversation
-from reward_triton.errors import ServerFault
 
 METADATA_FILE = "reward_metadata.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -143,9 +137,12 @@ class RewardMetadata:
         return Path(directory) / self.tokenizer_file
 
     @classmethod
-    def copy(cls, source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    def copy(
+        cls, source: str | os.PathLike[str], target: str | os.PathLike[str], max_input_len: int | None = None
+    ) -> None:
         """Put the metadata and the tokenizer of `source` (a converted checkpoint) next to an engine in `target`:
-        the stages read both from the directory that holds the engine."""
+        the stages read both from the directory that holds the engine. `max_input_len`: the built engine's
+        (`build_config.max_input_len`), which then is what every stage enforces, whatever the checkpoint said."""
         meta = cls.load(source)
         Path(target).mkdir(parents=True, exist_ok=True)
         for name in (METADATA_FILE, meta.tokenizer_file):
@@ -154,45 +151,5 @@ class RewardMetadata:
                 raise MetadataError(f"{src}: missing (the converter writes it next to config.json)")
             if src.resolve() != dst.resolve():
                 shutil.copyfile(src, dst)
-
-
-# ---- the prompt template ---------------------------------------------------------------------------------------
-# A scored string is: system block, every turn's block, then the label prefix. For a multi-turn conversation every
-# assistant turn is scored on the prefix up to and including that turn followed by the label; the next turn
-# continues from the prefix WITHOUT the label (NeMo-Aligner's annotation semantics, docs/formats.md).
-def system_text(conv: Conversation, meta: RewardMetadata) -> str:
-    return meta.default_system_prompt if conv.system is None else conv.system
-
-
-def render(conv: Conversation, meta: RewardMetadata) -> str:
-    """The string that scores the conversation's last (assistant) turn."""
-    t = meta.template
-    blocks = [t.system.format(system_text(conv, meta))]
-    blocks += [(t.user if turn.role == "user" else t.assistant).format(turn.content) for turn in conv.turns]
-    return "".join(blocks) + t.label
-
-
-# ---- the reward head outside the engine (numpy only: the postprocessing stage does not load torch) -------------
-class HeadError(ServerFault):
-    """The head metadata does not fit the engine's logits: a deployment fault (INTERNAL), not the request's."""
-
-
-def scores(logits: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:
-    """[..., Vout] → [..., K] float32: logits[..., :K] + head_bias (checkpoint attribute order); the leading dims
-    are kept (engine output [B, Vout], or Triton's generation_logits [B, beams, out_len, Vout])."""
-    arr = np.asarray(logits, dtype=np.float32)
-    k = meta.num_attributes
-    if arr.ndim == 0 or arr.shape[-1] < k:
-        raise HeadError(f"logits have shape {list(arr.shape)}, need a last dimension of at least {k} (the head)")
-    head = arr[..., :k]
-    if not np.isfinite(head).all():
-        raise HeadError("the engine returned non-finite reward logits (NaN or Inf)")
-    return head + np.asarray(meta.head_bias, dtype=np.float32)
-
-
-def reward(attribute_scores: npt.ArrayLike, meta: RewardMetadata) -> np.ndarray:
-    """[..., K] → [...] float32: the metadata's scalar weights dotted with the scores."""
-    arr = np.asarray(attribute_scores, dtype=np.float32)
-    if arr.ndim == 0 or arr.shape[-1] != meta.num_attributes:
-        raise HeadError(f"scores have shape {list(arr.shape)}, expected [..., {meta.num_attributes}]")
-    return (arr @ np.asarray(meta.scalar_weights, dtype=np.float32)).astype(np.float32)
+        if max_input_len is not None and max_input_len != meta.max_input_len:
+            replace(meta, max_input_len=max_input_len).save(target)

@@ -37,8 +37,8 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 
 def write(out: Path) -> dict[str, dict[str, str]]:
-    from build_engine import fixtures
     from build_engine.convert import convert
+    from tooling import fixtures
 
     hashes = {}
     for arch, fmt, tp, pp in CASES:

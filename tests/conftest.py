@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from production_helpers import PP, TP
 
-from build_engine import convert, fixtures
+from build_engine import convert
+from tooling import fixtures
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reward_triton.conversation import Conversation, parse
+from reward_triton.serving.conversation import Conversation, parse
 
 
 def from_turns(turns: Sequence[tuple[str, str]], system: str | None = None) -> Conversation:

@@ -1,4 +1,4 @@
-"""`python -m reward_triton.bench_engine` on CPU with the tiny presets: the GPU benchmark's code path end to end
+"""`python -m tooling.bench_engine` on CPU with the tiny presets: the GPU benchmark's code path end to end
 (random weights, HF on views of the same tensors, timing, MFU, JSON), numbers checked against HF."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from reward_triton import bench_engine as be
+from tooling import bench_engine as be
 
 
 def test_bench_cpu_tiny_end_to_end(tmp_path):

@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 from production_helpers import PP, TP
 
-from build_engine import capacity, convert
+from build_engine import capacity
 from build_engine.nemo.source import open_checkpoint
 from build_engine.spec import ModelSpec
+from reward_triton.engine.mapping import Mapping
 
 
 # ---------------------------------------------------------------------------------------------- capacity
 def test_weight_bytes_per_gpu_are_the_rank_file_payloads(nemo: Path, single: Path) -> None:
     with open_checkpoint(nemo) as ckpt:
         spec = ModelSpec.from_nemo(ckpt.config, ckpt.weights)
-    planned = capacity.per_rank_weight_bytes(spec, convert.Layout(TP, PP))
+    planned = capacity.per_rank_weight_bytes(spec, Mapping(TP, PP))
     for rank, nbytes in enumerate(planned):
         path = single / f"rank{rank}.safetensors"
         header = int.from_bytes(path.read_bytes()[:8], "little")

@@ -7,20 +7,13 @@ import json
 import pytest
 from convo import from_turns
 
-from reward_triton import metadata
-from reward_triton.conversation import Conversation, ConversationError, Turn, loads, parse
-from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, RewardMetadata
+from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, PromptTemplate
+from reward_triton.serving import prompt
+from reward_triton.serving.conversation import Conversation, ConversationError, Turn, loads, parse
 
 
-def _meta() -> RewardMetadata:
-    return RewardMetadata(
-        attribute_names=("reward",),
-        trained_attributes=("reward",),
-        head_bias=(0.0,),
-        scalar_weights=(1.0,),
-        max_input_len=64,
-        vocab_size=384,
-    )
+def _render(conv: Conversation) -> str:
+    return prompt.render(conv, PromptTemplate(), DEFAULT_SYSTEM_PROMPT)
 
 
 def test_openai_and_nemo_forms_agree() -> None:
@@ -82,7 +75,7 @@ def test_errors_name_the_problem(payload: bytes, needle: str) -> None:
 
 def test_render_single_turn_default_system() -> None:
     conv = from_turns([("user", "What is 1+1?"), ("assistant", "2")])
-    assert metadata.render(conv, _meta()) == (
+    assert _render(conv) == (
         f"<extra_id_0>System\n{DEFAULT_SYSTEM_PROMPT}\n<extra_id_1>User\nWhat is 1+1?\n"
         "<extra_id_1>Assistant\n2\n<extra_id_2>"
     )
@@ -93,11 +86,9 @@ def test_prefixes_continue_without_label() -> None:
     the earlier one without its label (NeMo-Aligner's annotation semantics)."""
     conv = from_turns([("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")], system="S")
     first = "<extra_id_0>System\nS\n<extra_id_1>User\nu1\n<extra_id_1>Assistant\na1\n"
-    assert metadata.render(conv.without_turns(2, 4), _meta()) == first + "<extra_id_2>"
-    assert metadata.render(conv, _meta()) == first + "<extra_id_1>User\nu2\n<extra_id_1>Assistant\na2\n<extra_id_2>"
-    assert metadata.render(from_turns([("user", "x"), ("assistant", "")], system=""), _meta()).startswith(
-        "<extra_id_0>System\n\n"
-    )
+    assert _render(conv.without_turns(2, 4)) == first + "<extra_id_2>"
+    assert _render(conv) == first + "<extra_id_1>User\nu2\n<extra_id_1>Assistant\na2\n<extra_id_2>"
+    assert _render(from_turns([("user", "x"), ("assistant", "")], system="")).startswith("<extra_id_0>System\n\n")
 
 
 def test_exchanges_group_user_turns_with_replies() -> None:

@@ -17,11 +17,11 @@ from oracle import hf_reward_model, hf_rewards
 from safetensors import safe_open
 
 from build_engine import convert as conv
-from build_engine import fixtures
 from build_engine.nemo.errors import CheckpointError
 from build_engine.spec import SpecError
-from reward_triton.engine import TorchEngine
+from reward_triton.engine.model import TorchEngine
 from reward_triton.metadata import RewardMetadata
+from tooling import fixtures
 
 ARCHS = ("nemotron", "llama")
 FORMATS = ("zarr", "torch_dist", "legacy")

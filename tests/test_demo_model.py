@@ -27,8 +27,9 @@ from build_engine.repository import render_repository
 from client.api import RewardClient, Score
 from demo import data
 from demo.train import spearman, wilson_interval
-from reward_triton.conversation import from_nemo
-from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES, RewardMetadata, render
+from reward_triton.metadata import HELPSTEER2_ATTRIBUTES, NEMOTRON_ATTRIBUTES, RewardMetadata
+from reward_triton.serving.conversation import from_nemo
+from reward_triton.serving.prompt import render
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "demo" / "checkpoint"
@@ -104,7 +105,9 @@ def test_training_template_is_the_served_template(demo_server: RunningServer, se
     assert meta.attribute_names == NEMOTRON_ATTRIBUTES
     assert meta.trained_attributes == HELPSTEER2_ATTRIBUTES
     for ex in [e for p in sets["correctness"][:20] for e in p] + data.training_set(40):
-        assert data.render(ex.conversation) == render(from_nemo(ex.conversation), meta)
+        assert data.render(ex.conversation) == render(
+            from_nemo(ex.conversation), meta.template, meta.default_system_prompt
+        )
 
 
 def test_right_answers_beat_wrong_ones(score_conversations: Scorer, sets: dict[str, Any]) -> None:

@@ -21,11 +21,11 @@ from build_engine.nemo import open_checkpoint
 from demo import data
 from demo.model import TinyConfig, TinyNemotronReward
 from demo.train import DEFAULTS, TOKENIZER_NAME, Trainer, length_groups, main, spearman, tree_digest
-from reward_triton import metadata
-from reward_triton.conversation import from_nemo
-from reward_triton.engine import TorchEngine
+from reward_triton.engine.model import TorchEngine
 from reward_triton.metadata import NEMOTRON_ATTRIBUTES, RewardMetadata
-from reward_triton.preprocess import Preprocessor
+from reward_triton.serving import head
+from reward_triton.serving.conversation import from_nemo
+from reward_triton.serving.preprocess import Preprocessor
 
 MINI = [
     "--examples", "600", "--tokenizer-examples", "600", "--vocab", "600", "--arith-steps", "3", "--arith-batch", "8",
@@ -106,7 +106,7 @@ def test_checkpoint_is_a_real_nemo_checkpoint(mini_runs: tuple[Path, Path, Path]
     engine = TorchEngine.from_checkpoint(ckpt_dir)
     convs = [e.conversation for p in data.correctness_pairs(4) for e in p]
     ids = [pre.conversation(from_nemo(c)).input_ids for c in convs]
-    served = torch.from_numpy(metadata.scores(engine.logits(ids).numpy(), meta))
+    served = torch.from_numpy(head.scores(engine.logits(ids).numpy(), meta))
     expected = model.score(ids)
     assert torch.allclose(served.float(), expected, atol=3e-3), (served - expected).abs().max()
     assert expected[:, 4:].abs().max() > 0.1  # the trained rows carry their bias: not all zero

@@ -21,15 +21,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from client_fakes import write_conversations
 from triton_server import RunningServer, serve_fixture
 
-from build_engine import fixtures
 from build_engine.repository import RenderOptions
-from reward_triton.server import free_port
+from reward_triton.ops.server import free_port
+from tooling import fixtures
 
 pytestmark = pytest.mark.server
 
@@ -51,9 +52,10 @@ NOT_RUN: dict[str, str] = {
     "make perf": "needs perf_analyzer (installed from the network) and minutes",
     "python -m build_engine convert --nemo build/fixture-large": "part of the docs/engine.md benchmark",
     "python -m build_engine.repository --checkpoint build/perf-large": "part of the docs/engine.md benchmark",
-    "python -m reward_triton.perf run": "part of the docs/engine.md benchmark (perf_analyzer)",
-    "python -m reward_triton.bench_engine --device cuda": "needs a GPU",
-    "python -m reward_triton.launcher --hosts node1:8,node2:8": "two 8-GPU nodes",
+    "python -m tooling.perf run": "part of the docs/engine.md benchmark (perf_analyzer)",
+    "python -m tooling.bench_engine --device cuda": "needs a GPU",
+    "python -m reward_triton.ops.launcher --hosts node1:8,node2:8": "two 8-GPU nodes",
+    "python3 -m verl.trainer.main_ppo": "veRL (not installed) training on GPUs; its reward function is run here",
     "reward-openai --url localhost:8001 [--host": "a usage synopsis; the README's full command is run",
     "NEMO=/shared": "docs/production.md: the 340B / 13B models on H100s",
     "CKPT=/shared": "docs/production.md",
@@ -133,6 +135,8 @@ def _example_files(cwd: Path) -> None:
     write_conversations(cwd / "in.jsonl", 5)
     pair = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
     (cwd / "pairs.jsonl").write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "chosen": "four"}) + "\n")
+    row = {"id": 1, "prompt": "What is 2+2?", "chosen": ["4"], "rejected": ["5", "6", "7"], "subset": "Math"}
+    (cwd / "rb2.jsonl").write_text(json.dumps(row) + "\n")
 
 
 def _run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -154,37 +158,57 @@ def _runner(command: str) -> str | None:
     return None
 
 
-RUNNERS = ("reward-client", "reward-openai", "curl", ".venv/bin/python -m build_engine convert")
+RUNNERS = ("reward-client", "reward-openai", "curl", ".venv/bin/python -m build_engine convert", "REWARD_GATEWAY_URL=",
+           ".venv/bin/python scripts/")  # fmt: skip
+
+
+@contextmanager
+def _gateway(argv: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v1/health/live", proc)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 def test_reward_client_and_gateway_commands_run_as_written(served, tmp_path):
+    """README's gateway command (API key "secret", port 9000 in the docs) serves the curl requests to :9000;
+    docs/rl.md's requests to 127.0.0.1:19000 go to a gateway started as its `make serve` line starts one (no key)."""
     _example_files(tmp_path)
     commands = [c for _, c in runnable()]
     client = [c for c in commands if _runner(c) == "reward-client"]
     gateways = [c for c in commands if _runner(c) == "reward-openai"]
     curls = [c for c in commands if _runner(c) == "curl"]
-    assert client and gateways and curls
+    rl = [c for c in commands if _runner(c) in ("REWARD_GATEWAY_URL=", ".venv/bin/python scripts/")]
+    assert client and gateways and curls and rl
     for command in client:
         run = _run(_fill(command, served, None), tmp_path, _env())
         assert run.returncode == 0, f"{command}\n{run.stdout}\n{run.stderr}"
-    for command in gateways:
-        port = free_port()
-        filled = _fill(command, served, port).replace("--port 9000", f"--port {port} --host 127.0.0.1")
-        words = shlex.split(filled)
-        assignments = dict(w.split("=", 1) for w in words if re.match(r"^\w+=", w))
-        argv = [w for w in words if not re.match(r"^\w+=", w)]
-        proc = subprocess.Popen(argv, env=_env(assignments), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            _wait_http(f"http://127.0.0.1:{port}/v1/health/live", proc)
-            for curl in curls:  # the documented requests against the documented gateway
-                run = _run(_fill(curl, served, port), tmp_path, _env(assignments))
-                assert run.returncode == 0, f"{curl}\n{run.stderr}"
-                body = json.loads(run.stdout)
+    (command,) = gateways
+    port, rl_port = free_port(), free_port()
+    filled = _fill(command, served, port).replace("--port 9000", f"--port {port} --host 127.0.0.1")
+    words = shlex.split(filled)
+    assignments = dict(w.split("=", 1) for w in words if re.match(r"^\w+=", w))
+    argv = [w for w in words if not re.match(r"^\w+=", w)]
+    rl_argv = [str(BIN / "reward-openai"), "--url", served.grpc_url, "--host", "127.0.0.1", "--port", str(rl_port),
+               "--served-model-name", SERVED_NAME]  # fmt: skip
+    with _gateway(argv, _env(assignments), port), _gateway(rl_argv, _env(), rl_port):
+        for curl in curls:  # the documented requests against the documented gateways
+            filled = _fill(curl, served, port).replace("127.0.0.1:19000", f"127.0.0.1:{rl_port}")
+            run = _run(filled, tmp_path, _env(assignments))
+            assert run.returncode == 0, f"{curl}\n{run.stderr}"
+            body = json.loads(run.stdout)
+            if "/v1/chat/completions" in curl:
                 content = body["choices"][0]["message"]["content"]
                 assert content.startswith("helpfulness:") and body["model"] == SERVED_NAME, body
-        finally:
-            proc.terminate()
-            proc.wait(15)
+        for command in rl:
+            filled = command.replace("http://127.0.0.1:19000", f"http://127.0.0.1:{rl_port}")
+            filled = filled.replace("localhost:18001", served.grpc_url).replace(".venv/bin/python", sys.executable)
+            run = _run(filled, ROOT, _env())
+            assert run.returncode == 0, f"{command}\n{run.stdout}\n{run.stderr}"
+            assert run.stdout.strip(), command
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

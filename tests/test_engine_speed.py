@@ -14,10 +14,10 @@ from torch.profiler import profile
 from tritonclient.grpc import model_config_pb2
 
 from build_engine import convert as conv
-from build_engine import fixtures
 from build_engine.repository import RenderOptions, render_repository, resolve_torch_options
-from reward_triton.engine import TorchEngine, checkpoint_dtype
+from reward_triton.engine.model import TorchEngine, checkpoint_dtype
 from reward_triton.metadata import RewardMetadata
+from tooling import fixtures
 
 ARCHS = ("nemotron", "llama")
 # bf16 engine (bf16 GEMMs/attention, fp32 norm statistics and head) against the fp32 oracle on the same bf16

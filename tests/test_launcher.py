@@ -1,19 +1,19 @@
 """Multi-node serving: the tensorrtllm-backend repository config and the leader-mode mpirun launcher
-(`reward_triton/launcher.py`)."""
+(`reward_triton/ops/launcher.py`)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from production_helpers import ROOT, config_340b, parse
+from production_helpers import ROOT, built_engine, config_340b, parse
 from tritonclient.grpc import model_config_pb2
 
 from build_engine import repository
-from reward_triton import launcher
+from reward_triton.engine.mapping import Mapping
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE
+from reward_triton.ops import launcher
 
 
 # ---------------------------------------------------------------------------------------------- repository
@@ -21,10 +21,8 @@ from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE
 def served(single: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(rendered repository, engine dir) for backend tensorrtllm with a 2×8-node engine config."""
     root = tmp_path_factory.mktemp("served")
-    engine = root / "engine"
-    engine.mkdir()
     pretrained = {**config_340b(), "mapping": {"world_size": 16, "tp_size": 8, "pp_size": 2, "gpus_per_node": 8}}
-    (engine / "config.json").write_text(json.dumps({"version": "x", "pretrained_config": pretrained}))
+    engine = built_engine(root / "engine", pretrained)
     options = repository.RenderOptions(backend="tensorrtllm", max_batch_size=32, kv_cache_free_gpu_mem_fraction=0.85)
     repo = repository.render_repository(single, root / "repo", engine_dir=engine, options=options)
     return repo, engine
@@ -40,7 +38,7 @@ def test_tensorrtllm_backend_config_has_every_knob(served: tuple[Path, Path]) ->
     assert cfg.dynamic_batching.max_queue_delay_microseconds >= 0 and cfg.HasField("dynamic_batching")
     assert params["gpt_model_type"] == "inflight_fused_batching"
     assert Path(params["gpt_model_path"]) == engine.resolve()
-    assert params["enable_kv_cache_reuse"] == "false"
+    assert params["enable_kv_cache_reuse"] == "true"  # engine built with paged context FMHA
     assert params["kv_cache_free_gpu_mem_fraction"] == "0.85"
     assert params["batch_scheduler_policy"] in ("guaranteed_no_evict", "max_utilization")
     outputs = {o.name: o for o in cfg.output}
@@ -127,13 +125,13 @@ def test_launcher_needs_rendered_tensorrtllm_repository(tmp_path: Path) -> None:
 
 
 def test_launcher_warns_when_tp_straddles_nodes() -> None:
-    layout = launcher.EngineLayout(tp=16, pp=1, world_size=16, gpus_per_node=8)
+    layout = Mapping(tp=16, pp=1, gpus_per_node=8)
     assert "straddle" in launcher.check_hosts(layout, launcher.parse_hosts("a:8,b:8"))[0]
 
 
 def test_slurm_script_uses_the_launcher() -> None:
     text = (ROOT / "scripts" / "slurm_2x8.sbatch").read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --gpus-per-node=8" in text
-    assert "-m reward_triton.launcher --hosts" in text and "--exec" in text
+    assert "-m reward_triton.ops.launcher --hosts" in text and "--exec" in text
     r = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "slurm_2x8.sbatch")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

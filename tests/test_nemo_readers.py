@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from build_engine.fixtures import ARCHS, fixture_config, fixture_spec, fixture_tensors, train_tokenizer, write_fixture
 from build_engine.nemo import Archive, CheckpointError, open_checkpoint
 from build_engine.nemo.source import DistWeightSource
-from build_engine.nemo.writer import FORMATS, write_nemo_checkpoint
 from build_engine.spec import ModelSpec
-from reward_triton.weights import EMBEDDING, FC1, HEAD_W, LN1_B, LN1_W, LN2_W, QKV
+from reward_triton.engine.weights import EMBEDDING, FC1, HEAD_W, LN1_B, LN1_W, LN2_W, QKV
+from tooling.fixtures import ARCHS, fixture_config, fixture_spec, fixture_tensors, train_tokenizer, write_fixture
+from tooling.nemo_writer import FORMATS, write_nemo_checkpoint
 
 QKV_KEY = f"model.{QKV}"
 
@@ -107,7 +107,7 @@ def test_gzipped_tar(tmp_path: Path, tokenizer: Path) -> None:
 
 
 def test_write_fixture_and_cli(tmp_path: Path, tokenizer: Path) -> None:
-    from build_engine.fixtures import main
+    from tooling.fixtures import main
 
     p = write_fixture(tmp_path / "a", arch="llama", fmt="torch_dist", tokenizer=tokenizer)
     with open_checkpoint(p) as ckpt:

@@ -33,9 +33,10 @@ from triton_server import RunningServer, conversation_input, infer, make_client,
 
 from build_engine.repository import RenderOptions
 from client.api import ModelMetadata, RewardClient, Score
-from client.openai_server import GatewayConfig, create_app
-from reward_triton import launcher
-from reward_triton.server import free_port
+from gateway.app import create_app
+from gateway.config import GatewayConfig
+from reward_triton.ops import launcher
+from reward_triton.ops.server import free_port
 
 REWARD_OPENAI = Path(sys.executable).with_name("reward-openai")
 NEMOTRON_NAME = "nvidia/nemotron-4-340b-reward"

@@ -10,13 +10,16 @@ import pytest
 import sentencepiece as spm
 from convo import from_turns
 
-from build_engine import fixtures
-from reward_triton import metadata
-from reward_triton.conversation import loads
+from reward_triton.engine.stand_in import EngineStage
 from reward_triton.errors import RequestError
 from reward_triton.metadata import TOKENIZER_FILE, RewardMetadata
-from reward_triton.preprocess import Preprocessor, Tokenizer
-from reward_triton.stages import EngineStage, Failure, PostprocessStage
+from reward_triton.serving import head, prompt
+from reward_triton.serving.conversation import loads
+from reward_triton.serving.head import PostprocessStage
+from reward_triton.serving.preprocess import Preprocessor, Tokenizer
+from reward_triton.serving.results import Failure
+from reward_triton.serving.triton import REQUESTED_OUTPUTS
+from tooling import fixtures
 
 MAX_LEN = 400
 
@@ -56,7 +59,7 @@ def _conv_json(n_exchanges: int, words: int = 6) -> str:
 def test_tokenizes_rendered_text_without_bos_eos(pre: Preprocessor, model_dir: Path) -> None:
     conv = from_turns([("user", "What is 1+1?"), ("assistant", "2")])
     sp = spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER_FILE))
-    text = metadata.render(conv, pre.meta)
+    text = prompt.render(conv, pre.meta.template, pre.meta.default_system_prompt)
     assert pre.conversation(conv).input_ids == list(sp.encode(text))
     assert sp.bos_id() not in pre.conversation(conv).input_ids
     ids = sp.encode("<extra_id_2>")
@@ -76,7 +79,7 @@ def test_request_tensors(pre: Preprocessor) -> None:
 
 def test_over_length_names_both_numbers(pre: Preprocessor) -> None:
     long = _conv_json(8)
-    n = len(pre.tokenizer.encode(metadata.render(loads(long), pre.meta)))
+    n = len(pre.tokenizer.encode(prompt.render(loads(long), pre.meta.template, pre.meta.default_system_prompt)))
     assert n > MAX_LEN
     with pytest.raises(RequestError, match=rf"{n} tokens.*{MAX_LEN} tokens.*truncate"):
         pre.prepare({"conversation": _obj(long)})
@@ -89,10 +92,10 @@ def test_truncate_drops_oldest_exchanges_only(pre: Preprocessor) -> None:
     out = pre.conversation(conv, truncate=True)
     assert out.truncated and out.num_tokens <= MAX_LEN and out.dropped_turns % 2 == 0 and out.dropped_turns > 0
     kept = conv.without_turns(0, out.dropped_turns)
-    assert out.input_ids == pre.tokenizer.encode(metadata.render(kept, pre.meta))
+    assert out.input_ids == pre.tokenizer.encode(prompt.render(kept, pre.meta.template, pre.meta.default_system_prompt))
     # dropping one exchange fewer would not fit: the fewest turns were dropped
     longer = conv.without_turns(0, out.dropped_turns - 2)
-    assert len(pre.tokenizer.encode(metadata.render(longer, pre.meta))) > MAX_LEN
+    assert len(pre.tokenizer.encode(prompt.render(longer, pre.meta.template, pre.meta.default_system_prompt))) > MAX_LEN
     # the system prompt and the last exchange stay
     text = pre.tokenizer.decode(out.input_ids)
     assert text.startswith("<extra_id_0>System\n") and "answer 7" in text and "question 7" in text
@@ -210,13 +213,13 @@ def test_unexpected_errors_are_internal_and_isolated(model_dir: Path) -> None:
 def test_heads_and_postprocess(model_dir: Path) -> None:
     meta = RewardMetadata.load(model_dir)
     logits = np.array([[1.0, 2.0, 3.0, 9.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    s = metadata.scores(logits, meta)
+    s = head.scores(logits, meta)
     np.testing.assert_allclose(s, [[1.5, 1.0, 3.0], [0.5, -1.0, 0.0]])
-    np.testing.assert_allclose(metadata.reward(s, meta), [-1.0, -2.0])
-    with pytest.raises(metadata.HeadError):
-        metadata.scores(np.zeros((1, 2)), meta)
-    with pytest.raises(metadata.HeadError, match="non-finite"):  # a broken engine never yields a NaN reward
-        metadata.scores(np.array([[0.0, np.nan, 0.0, 0.0]]), meta)
+    np.testing.assert_allclose(head.reward(s, meta), [-1.0, -2.0])
+    with pytest.raises(head.HeadError):
+        head.scores(np.zeros((1, 2)), meta)
+    with pytest.raises(head.HeadError, match="non-finite"):  # a broken engine never yields a NaN reward
+        head.scores(np.array([[0.0, np.nan, 0.0, 0.0]]), meta)
     post = PostprocessStage(model_dir)
     out, short, missing = post.run(
         [{"generation_logits": logits[0].reshape(1, 1, 1, 4)}, {"generation_logits": np.zeros((1, 1, 1, 2))}, {}]
@@ -242,16 +245,22 @@ class _FakeEngine:
 
 
 def test_engine_stage_batches_and_validates() -> None:
+    """The stand-in's refusals are the C++ backend's (serving/trtllm_contract.py): its messages, INTERNAL."""
     engine = _FakeEngine()
-    stage = EngineStage(engine, max_input_len=5, vocab_size=10)
+    stage = EngineStage(engine, max_input_len=5, vocab_size=10, exclude_input_in_output=True)
+    every = np.array(["output_ids", "sequence_length", "generation_logits"], dtype=object)
 
-    def req(ids: list[int], out_len: int = 1, **extra: np.ndarray) -> dict:
-        return {
-            "input_ids": np.array([ids], dtype=np.int32),
-            "input_lengths": np.array([len(ids)], dtype=np.int32),
-            "request_output_len": np.array([out_len], dtype=np.int32),
+    def req(ids: list[int], out_len: int | None = 1, rows: int = 1, **extra: np.ndarray) -> dict:
+        r = {
+            "input_ids": np.array([ids] * rows, dtype=np.int32),
+            "input_lengths": np.array([len(ids)] * rows, dtype=np.int32),
+            "return_generation_logits": np.array([True]),
+            REQUESTED_OUTPUTS: every,
             **extra,
         }
+        if out_len is not None:
+            r["request_output_len"] = np.array([out_len], dtype=np.int32)
+        return r
 
     out = stage.run(
         [
@@ -260,21 +269,36 @@ def test_engine_stage_batches_and_validates() -> None:
             req([1, 2, 3, 4, 5, 6]),
             req([11]),
             req([3], return_context_logits=np.array([True])),
-            req([4, 5, 6], exclude_input_in_output=np.array([True])),
+            req([4, 5, 6], exclude_input_in_output=np.array([False])),
+            req([1], rows=2),
+            req([1], out_len=None),
+            req([1], out_len=0),
+            req([1], **{REQUESTED_OUTPUTS: np.array(["generation_logits"], dtype=object)}),
+            req([1], **{REQUESTED_OUTPUTS: np.array(["output_ids", "generation_logits"], dtype=object)}),
+            req([2], return_generation_logits=np.array([False])),
         ]
     )
-    assert engine.calls == [[[1, 2], [4, 5, 6]]]  # one forward for the valid requests
+    assert engine.calls == [[[1, 2], [4, 5, 6], [2]]]  # one forward for the valid requests
     assert isinstance(out[0], dict) and out[0]["generation_logits"].shape == (1, 1, 1, 3)
     np.testing.assert_allclose(out[0]["generation_logits"].reshape(-1), [2, 3, 0])
-    assert out[0]["output_ids"].tolist() == [[[1, 2, 1]]] and out[0]["sequence_length"].tolist() == [[3]]
-    assert out[5]["output_ids"].tolist() == [[[1]]]
+    # exclude_input_in_output: the model parameter (True here), overridden per request
+    assert out[0]["output_ids"].tolist() == [[[1]]] and out[0]["sequence_length"].tolist() == [[1]]
+    assert out[5]["output_ids"].tolist() == [[[4, 5, 6, 1]]] and out[5]["sequence_length"].tolist() == [[4]]
+    assert set(out[11]) == {"output_ids", "sequence_length"}  # logits only when the request sets the flag
     for i, needle in [
-        (1, "request_output_len must be 1"),
-        (2, "maximum input length of 5"),
+        (1, "computes one output position"),
+        (2, "prompt length (6) exceeds the engine's maximum input length (5)"),
         (3, "[0, 10)"),
-        (4, "context"),
+        (4, "--gather_context_logits"),
+        (6, "Batch size > 1 requires the tensorrt_llm backend to be using decoupled transaction policy"),
+        (7, "request_output_len is not present in the request"),
+        (8, "must be > 0"),
+        (9, "Error encountered while populating response: output_ids tensor must be present in list of output"),
+        (10, "sequence_length tensor must be present in list of output tensors"),
     ]:
-        assert isinstance(out[i], Failure) and out[i].invalid_request and needle in out[i].message, out[i]
+        assert isinstance(out[i], Failure) and not out[i].invalid_request and needle in out[i].message, out[i]
+    for i in (2, 3, 4, 8):  # what the executor refuses comes back in the backend's wrapper
+        assert out[i].message.startswith("Executor failed process requestId "), out[i]
 
 
 class _PoisonedEngine(_FakeEngine):
@@ -291,7 +315,11 @@ def test_engine_failure_stays_with_its_sequence() -> None:
     engine = _PoisonedEngine()
     stage = EngineStage(engine, max_input_len=8, vocab_size=10)
     batch = [
-        {"input_ids": np.array([ids], dtype=np.int32), "request_output_len": np.array([1], dtype=np.int32)}
+        {
+            "input_ids": np.array([ids], dtype=np.int32),
+            "request_output_len": np.array([1], dtype=np.int32),
+            "return_generation_logits": np.array([True]),
+        }
         for ids in ([1, 2], [3, 7], [4])
     ]
     out = stage.run(batch)

@@ -31,8 +31,8 @@ from build_engine.repository import RenderOptions
 from client.api import retryable
 from client.conversations import openai_prompt_and_response
 from client.safe_paths import part_path
-from reward_triton import supervisor
-from reward_triton.server import ServerProcess
+from reward_triton.ops import supervisor
+from reward_triton.ops.server import ServerProcess
 
 pytestmark = pytest.mark.server
 
@@ -354,8 +354,8 @@ def test_clean_up_keeps_regions_in_use(tmp_path: Path) -> None:
 def test_launcher_restarts_the_mpi_job_when_a_rank_fails(server: RunningServer, tmp_path: Path) -> None:
     """The multi-node launcher's path, on one CPU rank: real mpirun, the rank's tritonserver supervised with
     REWARD_TRITON_RESTART=0. A dead stub ends the rank, mpirun ends, the launcher starts the job again."""
-    from reward_triton import launcher
-    from reward_triton.server import free_port
+    from reward_triton.ops import launcher
+    from reward_triton.ops.server import free_port
 
     venv = Path(sys.executable).parent
     opts = launcher.LaunchOptions(
@@ -370,7 +370,8 @@ def test_launcher_restarts_the_mpi_job_when_a_rank_fails(server: RunningServer, 
     cmd = launcher.mpirun_command(1, server.repository, None, opts)
     leader = f"127.0.0.1:{opts.http_port}"
     code = (
-        f"import sys; from reward_triton.launcher import run_supervised; sys.exit(run_supervised({cmd!r}, {leader!r}))"
+        "import sys; from reward_triton.ops.launcher import run_supervised; "
+        f"sys.exit(run_supervised({cmd!r}, {leader!r}))"
     )
     log = tmp_path / "launcher.log"  # a file, not a pipe: mpirun blocks on output nobody reads
     job = subprocess.Popen([sys.executable, "-c", code], stdout=log.open("wb"), stderr=subprocess.STDOUT)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from production_helpers import built_engine
 from tritonclient.grpc import model_config_pb2
 
-from build_engine import fixtures
 from build_engine.repository import (
     DEFAULT_SOURCE,
     MODELS,
@@ -22,6 +22,7 @@ from build_engine.repository import (
     render_text,
 )
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
+from tooling import fixtures
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +64,17 @@ def _check_ensemble(configs: dict[str, model_config_pb2.ModelConfig], name: str)
             tensors[value] = outputs[key]
     for out in ens.output:
         assert tensors[out.name] == out.data_type, (name, out.name)
+    # Triton refuses an ensemble with a step output that nothing consumes
+    consumed = {v for step in ens.ensemble_scheduling.step for v in step.input_map.values()}
+    consumed |= {o.name for o in ens.output}
+    for step in ens.ensemble_scheduling.step:
+        for value in step.output_map.values():
+            assert value in consumed, (name, step.model_name, value, "is not consumed")
 
 
 def _check_bls(rm: model_config_pb2.ModelConfig, trt: model_config_pb2.ModelConfig, model_dir: Path) -> None:
     """reward_model: a python BLS model whose per-row engine requests fit the `tensorrt_llm` config as rendered."""
-    from reward_triton.reward_model import ENGINE_INPUTS, ENGINE_MODEL, ENGINE_OUTPUT
+    from reward_triton.serving.reward_model import ENGINE_INPUTS, ENGINE_MODEL, ENGINE_OUTPUT, ENGINE_REQUESTED_OUTPUTS
 
     assert rm.backend == "python" and rm.max_batch_size == 1024 and trt.name == ENGINE_MODEL
     assert rm.parameters["model_dir"].string_value == str(model_dir.resolve())
@@ -85,11 +92,13 @@ def _check_bls(rm: model_config_pb2.ModelConfig, trt: model_config_pb2.ModelConf
     required = {n for n, t in engine_inputs.items() if not t.optional}
     assert required <= set(ENGINE_INPUTS)  # ... and every required one is sent
     assert ENGINE_OUTPUT in {o.name for o in trt.output}
+    assert {"output_ids", "sequence_length", ENGINE_OUTPUT} <= set(ENGINE_REQUESTED_OUTPUTS)  # what the backend needs
+    assert set(ENGINE_REQUESTED_OUTPUTS) <= {o.name for o in trt.output}
 
 
 @pytest.mark.parametrize("backend", ["torch", "tensorrtllm"])
 def test_every_config_parses_and_ensembles_wire_up(checkpoint: Path, tmp_path: Path, backend: str) -> None:
-    engine = tmp_path / "engine"
+    engine = built_engine(tmp_path / "engine", json.loads((checkpoint / "config.json").read_text()))
     out = render_repository(
         checkpoint,
         tmp_path / "repo",

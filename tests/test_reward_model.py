@@ -19,8 +19,8 @@ import pytest
 from triton_server import RunningServer, bytes_input, infer, make_client, serve_fixture
 
 from reward_triton.metadata import RewardMetadata
-from reward_triton.preprocess import Tokenizer
-from reward_triton.reward_model import RewardModelStage
+from reward_triton.serving.preprocess import Tokenizer
+from reward_triton.serving.reward_model import RewardModelStage
 
 pytestmark = pytest.mark.server
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reward_triton import server
+from reward_triton.ops import server
 
 
 def test_bundled_command_sets_up_backend_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,7 +59,7 @@ def test_backend_dir_is_built_once(tmp_path: Path) -> None:
 
 def test_console_script_is_declared() -> None:
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "tritonserver"]
-    assert ep.value == "reward_triton.server:main"
+    assert ep.value == "reward_triton.ops.server:main"
 
 
 @pytest.mark.server

@@ -1,7 +1,7 @@
 """Every process the project starts is stopped when its parent gets SIGINT, SIGTERM or SIGHUP.
 
 Real tritonservers on a rendered fixture repository: `python -m demo.run` while it scores, `python -m
-reward_triton.perf run` while it measures, and `make serve` with the OpenAI gateway beside the server. After each
+tooling.perf run` while it measures, and `make serve` with the OpenAI gateway beside the server. After each
 signal the command must end with one line (no traceback, no "make: *** Error") and no tritonserver serving the
 test's repository may be left. perf's measuring binary (perf_analyzer, not installed on CPU machines) is a
 script that sleeps: the test is about the tritonserver perf owns.
@@ -23,7 +23,7 @@ import pytest
 from triton_server import fixture_checkpoint
 
 from build_engine.repository import RenderOptions, render_repository
-from reward_triton.server import free_port
+from reward_triton.ops.server import free_port
 
 pytestmark = pytest.mark.server
 
@@ -52,7 +52,7 @@ def servers_on(repository: Path) -> list[int]:
         if state == "Z":
             continue
         text = b" ".join(argv).decode(errors="replace")
-        if "tritonserver" in text or "reward_triton.server" in text:
+        if "tritonserver" in text or "reward_triton.ops.server" in text:
             if str(repository) in text:
                 found.append(int(entry.name))
     return found
@@ -129,7 +129,7 @@ def test_perf_stops_its_server_on_signal(repository, tmp_path, sig, cleanup):
     fake = tmp_path / "perf_analyzer"
     fake.write_text("#!/bin/sh\necho measuring\nexec sleep 120\n")
     fake.chmod(0o755)
-    cmd = [sys.executable, "-m", "reward_triton.perf", "run", "--repository", str(repository),
+    cmd = [sys.executable, "-m", "tooling.perf", "run", "--repository", str(repository),
            "--perf-analyzer", str(fake), "--output", str(tmp_path / "perf"), "--requests", "4"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -193,7 +193,7 @@ def test_make_serve_with_gateway_stops_both_on_signal(repository, sig, cleanup):
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_launcher_stops_mpirun_ranks_and_gateway_on_signal(repository, tmp_path, sig, cleanup):
     """The multi-node launcher's --exec path on one CPU rank (real mpirun) with the gateway beside it."""
-    from reward_triton import launcher
+    from reward_triton.ops import launcher
 
     venv = Path(sys.executable).parent
     opts = launcher.LaunchOptions(
@@ -211,7 +211,7 @@ def test_launcher_stops_mpirun_ranks_and_gateway_on_signal(repository, tmp_path,
     gateway = launcher.openai_command(None, opts)
     assert gateway is not None
     code = (
-        "import sys; from reward_triton.launcher import run_supervised; from reward_triton.signals import "
+        "import sys; from reward_triton.ops.launcher import run_supervised; from reward_triton.ops.signals import "
         f"run_stoppable; sys.exit(run_stoppable(lambda: run_supervised({cmd!r}, "
         f"'127.0.0.1:{opts.http_port}', {gateway!r}), 'launcher'))"
     )

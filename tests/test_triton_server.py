@@ -25,7 +25,7 @@ from triton_server import (
 )
 from tritonclient.utils import InferenceServerException
 
-from reward_triton.engine import TorchEngine
+from reward_triton.engine.model import TorchEngine
 from reward_triton.metadata import DEFAULT_SYSTEM_PROMPT, RewardMetadata
 
 pytestmark = pytest.mark.server
@@ -81,7 +81,7 @@ def _reference(server: RunningServer, cache: dict[Path, Reference]) -> Reference
 
 
 def steerlm(system: str, turns: list[tuple[str, str]]) -> str:
-    """The template written out by hand (docs/formats.md), independent of reward_triton.metadata.render."""
+    """The template written out by hand (docs/formats.md), independent of reward_triton.serving.prompt.render."""
     text = f"<extra_id_0>System\n{system}\n"
     for role, content in turns:
         text += f"<extra_id_1>{'User' if role == 'user' else 'Assistant'}\n{content}\n"
@@ -148,8 +148,23 @@ def test_ensemble_matches_reference(request: pytest.FixtureRequest, references: 
     logits = engine_out["generation_logits"]
     assert logits.shape[:3] == (1, 1, 1)
     np.testing.assert_allclose(logits[0, 0, 0], ref.engine.logits([ids])[0].numpy(), atol=1e-5, rtol=0)
-    assert engine_out["sequence_length"].tolist() == [[len(ids) + 1]]
-    assert engine_out["output_ids"][0, 0, : len(ids)].tolist() == ids
+    # exclude_input_in_output is "true" in the rendered config (as in production): output_ids is the generated
+    # position only; a request may ask for the prompt as well
+    generated = int(np.argmax(logits[0, 0, 0]))
+    assert engine_out["sequence_length"].tolist() == [[1]] and engine_out["output_ids"].tolist() == [[[generated]]]
+    with_prompt = infer(
+        client,
+        "tensorrt_llm",
+        {
+            "input_ids": np.array([ids], dtype=np.int32),
+            "input_lengths": np.array([[len(ids)]], dtype=np.int32),
+            "request_output_len": np.array([[1]], dtype=np.int32),
+            "exclude_input_in_output": np.array([[False]]),
+        },
+        ("output_ids", "sequence_length"),
+    )
+    assert with_prompt["output_ids"].tolist() == [[[*ids, generated]]]
+    assert with_prompt["sequence_length"].tolist() == [[len(ids) + 1]]
 
 
 def test_multi_turn_prefixes_score_each_assistant_turn(nemotron: RunningServer, references: dict) -> None:
@@ -224,15 +239,6 @@ def _bad_requests(ref: Reference) -> list[tuple[str, str, dict[str, np.ndarray],
     limit = ref.meta.max_input_len
     long_turns = [("user", "q"), ("assistant", "the model is helpful " * 200)]
     ok = _messages(SINGLE, "S")
-    ids = ref.ids(steerlm("S", SINGLE))
-
-    def engine(ids: list[int], out_len: int = 1) -> dict[str, np.ndarray]:
-        return {
-            "input_ids": np.array([ids], dtype=np.int32),
-            "input_lengths": np.array([[len(ids)]], dtype=np.int32),
-            "request_output_len": np.array([[out_len]], dtype=np.int32),
-        }
-
     return [
         ("invalid JSON", "ensemble", {"conversation": bytes_input('{"messages": [')}, "not valid JSON"),
         ("JSON array", "ensemble", {"conversation": bytes_input("[1, 2]")}, "got array"),
@@ -321,9 +327,6 @@ def _bad_requests(ref: Reference) -> list[tuple[str, str, dict[str, np.ndarray],
             {"conversation": conversation_input([*ok[:1], {"role": "system", "content": "s"}, *ok[1:]])},
             "only the first message",
         ),
-        ("engine: output length 4", "tensorrt_llm", engine(ids, 4), "request_output_len must be 1"),
-        ("engine: token id out of range", "tensorrt_llm", engine([*ids[:-1], 10**6]), "input_ids must be in"),
-        ("engine: too long", "tensorrt_llm", engine([5] * (limit + 1)), f"maximum input length of {limit}"),
     ]
 
 
@@ -332,7 +335,7 @@ def test_bad_requests_get_invalid_arg(nemotron: RunningServer, references: dict,
     ref = _reference(nemotron, references)
     client = make_client(nemotron, protocol)
     cases = _bad_requests(ref)
-    assert len(cases) >= 15
+    assert len(cases) >= 15, len(cases)
     failures = []
     for case, model, inputs, needle in cases:
         try:
@@ -348,6 +351,54 @@ def test_bad_requests_get_invalid_arg(nemotron: RunningServer, references: dict,
     # still healthy and right afterwards
     out = infer(client, "ensemble", {"conversation": conversation_input(_messages(SINGLE, "S"))}, OUTPUTS)
     _check(out, ref, ref.ids(steerlm("S", SINGLE)))
+
+
+def test_engine_refuses_what_the_cpp_backend_refuses(nemotron: RunningServer, references: dict) -> None:
+    """The `tensorrt_llm` model answers as NVIDIA's C++ backend does (reward_triton/serving/trtllm_contract.py): the
+    same refusals, with its messages and status (INTERNAL); and it stays healthy afterwards."""
+    ref = _reference(nemotron, references)
+    client = make_client(nemotron)
+    ids = ref.ids(steerlm("S", SINGLE))
+    limit = ref.meta.max_input_len
+
+    def engine(seq: list[int], rows: int = 1, out_len: int = 1, **extra: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "input_ids": np.array([seq] * rows, dtype=np.int32),
+            "input_lengths": np.array([[len(seq)]] * rows, dtype=np.int32),
+            "request_output_len": np.array([[out_len]] * rows, dtype=np.int32),
+            "return_generation_logits": np.array([[True]] * rows),
+            **extra,
+        }
+
+    every = ("output_ids", "sequence_length", "generation_logits")
+    cases = [
+        ("logits only", engine(ids), ("generation_logits",), "output_ids tensor must be present in list of output"),
+        ("no sequence_length", engine(ids), ("output_ids", "generation_logits"), "sequence_length tensor must be"),
+        ("two rows", engine(ids, rows=2), every, "Batch size > 1 requires the tensorrt_llm backend to be using"),
+        ("output length 0", engine(ids, out_len=0), every, "must be > 0"),
+        ("too long", engine([5] * (limit + 1)), every, f"exceeds the engine's maximum input length ({limit})"),
+        ("token id out of range", engine([*ids[:-1], 10**6]), every, "input_ids must be in"),
+        ("context logits", engine(ids, return_context_logits=np.array([[True]])), every, "--gather_context_logits"),
+    ]
+    failures = []
+    for case, inputs, outputs, needle in cases:
+        try:
+            infer(client, "tensorrt_llm", inputs, outputs)
+        except InferenceServerException as e:
+            if "INTERNAL" not in str(e.status()) or needle not in e.message():
+                failures.append(f"{case}: status {e.status()}, message {e.message()!r} (wanted {needle!r})")
+        else:
+            failures.append(f"{case}: no error")
+    assert not failures, "\n".join(failures)
+    # request_output_len is a required input of both renderings: Triton itself refuses a request without it
+    without = {k: v for k, v in engine(ids).items() if k != "request_output_len"}
+    with pytest.raises(InferenceServerException, match="request_output_len"):
+        infer(client, "tensorrt_llm", without, every)
+    # generation logits come back only when asked for, as from the C++ backend
+    plain = infer(client, "tensorrt_llm", {k: v for k, v in engine(ids).items() if k != "return_generation_logits"})
+    assert set(plain) == {"output_ids", "sequence_length"}
+    out = infer(client, "ensemble", {"conversation": conversation_input(_messages(SINGLE, "S"))}, OUTPUTS)
+    _check(out, ref, ids)
 
 
 def test_reward_model_truncates_like_nemo_aligner(nemotron: RunningServer, references: dict) -> None:

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 import torch
-from production_helpers import config_340b, leftovers
+from production_helpers import config_340b, leftovers, standin_trtllm_build
 
-from build_engine import convert, fixtures, trtllm_build
-from build_engine.nemo.writer import write_nemo_checkpoint
-from reward_triton import launcher
-from reward_triton.engine import TorchEngine
+from build_engine import convert, trtllm_build
+from reward_triton.engine.mapping import Mapping
+from reward_triton.engine.model import TorchEngine
 from reward_triton.metadata import METADATA_FILE, TOKENIZER_FILE, RewardMetadata
+from reward_triton.ops import launcher
+from tooling import fixtures
+from tooling.nemo_writer import write_nemo_checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- trtllm-build
@@ -34,7 +36,7 @@ def test_trtllm_build_argv_for_340b_tp8_pp2() -> None:
         "--remove_input_padding", "enable",
         "--kv_cache_type", "paged",
         "--context_fmha", "enable",
-        "--use_paged_context_fmha", "disable",
+        "--use_paged_context_fmha", "enable",
         "--multiple_profiles", "disable",
         "--max_batch_size", "32",
         "--max_input_len", "4096",
@@ -54,7 +56,9 @@ def test_trtllm_build_argv_checks() -> None:
     argv = build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(workers=64, extra_args=("--fast_build",)))
     assert argv[argv.index("--workers") + 1] == "16" and argv[-1] == "--fast_build"  # workers <= world size
     with pytest.raises(trtllm_build.BuildError, match="max_num_tokens 2048 < max_input_len 4096"):
-        build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(max_num_tokens=2048))
+        build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(max_num_tokens=2048, paged_context_fmha=False))
+    # with paged context FMHA (the default) the rendered config turns chunked context on instead
+    assert "2048" in build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(max_num_tokens=2048))
     with pytest.raises(trtllm_build.BuildError, match="exceeds the model's max_position_embeddings 4096"):
         build(Path("c"), Path("e"), cfg, trtllm_build.BuildOptions(max_input_len=8192))
     with pytest.raises(trtllm_build.BuildError, match="must exceed max_input_len"):
@@ -74,44 +78,59 @@ def test_trtllm_build_missing_executable_says_so(single: Path, tmp_path: Path, m
     assert capsys.readouterr().out.startswith("trtllm-build --checkpoint_dir ")
 
 
-FAKE_TRTLLM_BUILD = """#!{python}
-import json, sys
-from pathlib import Path
-a = sys.argv[1:]
-ckpt, out = Path(a[a.index("--checkpoint_dir") + 1]), Path(a[a.index("--output_dir") + 1])
-cfg = json.loads((ckpt / "config.json").read_text())
-if {fail}:
-    sys.exit(3)
-out.mkdir(parents=True, exist_ok=True)
-(out / "config.json").write_text(json.dumps({{"version": "fake", "pretrained_config": cfg, "build_config": {{}}}}))
-for r in range(cfg["mapping"]["world_size"]):
-    assert (ckpt / f"rank{{r}}.safetensors").is_file()
-    (out / f"rank{{r}}.engine").write_bytes(b"engine")
-"""
-
-
-def _fake_exe(tmp_path: Path, fail: bool = False) -> str:
-    exe = tmp_path / ("fail-trtllm-build" if fail else "trtllm-build")
-    exe.write_text(FAKE_TRTLLM_BUILD.format(python=sys.executable, fail=fail))
-    exe.chmod(0o755)
-    return str(exe)
+def _fake_exe(tmp_path: Path, fail: bool = False, gpus_flag: bool = True) -> str:
+    return standin_trtllm_build(tmp_path, fail=fail, gpus_flag=gpus_flag)
 
 
 def test_build_engine_atomic_with_side_files_and_gpus_per_node(single: Path, tmp_path: Path) -> None:
     engine = tmp_path / "engine"
-    opts = trtllm_build.BuildOptions(max_input_len=64, max_num_tokens=256, gpus_per_node=4)
+    # the fixture's 3 layers over PP 2: correct with TensorRT-LLM >= 0.16, which the operator vouches for here
+    opts = trtllm_build.BuildOptions(max_input_len=64, max_num_tokens=256, gpus_per_node=4, allow_uneven_pp=True)
     trtllm_build.build_engine(single, engine, opts, executable=_fake_exe(tmp_path))
     names = sorted(p.name for p in engine.iterdir())
     assert names == sorted(["config.json", METADATA_FILE, TOKENIZER_FILE, *(f"rank{r}.engine" for r in range(8))])
-    assert (engine / METADATA_FILE).read_bytes() == (single / METADATA_FILE).read_bytes()
+    # every stage enforces the BUILT engine's max_input_len (64), not the checkpoint's
+    assert RewardMetadata.load(single).max_input_len != 64 and RewardMetadata.load(engine).max_input_len == 64
     mapping = json.loads((engine / "config.json").read_text())["pretrained_config"]["mapping"]
     assert mapping == {"world_size": 8, "tp_size": 4, "pp_size": 2, "gpus_per_node": 4}
-    assert launcher.engine_layout(engine) == launcher.EngineLayout(4, 2, 8, 4)
+    assert launcher.engine_mapping(engine) == Mapping(4, 2, gpus_per_node=4)
     assert "gpus_per_node" not in json.loads((single / "config.json").read_text())["mapping"]  # source untouched
 
     with pytest.raises(trtllm_build.BuildError, match="exit status 3"):
         trtllm_build.build_engine(single, engine, opts, executable=_fake_exe(tmp_path, fail=True))
     assert (engine / "rank7.engine").is_file() and leftovers(tmp_path, "engine") == []  # previous engine kept
+
+
+def test_gpus_per_node_reaches_the_engine_with_or_without_the_flag(single: Path, tmp_path: Path) -> None:
+    """0.13-0.19 trtllm-build overwrites the checkpoint's gpus_per_node with its own --gpus_per_node (default 8):
+    the flag is passed where it exists; where it does not, the checkpoint view carries the value."""
+    opts = trtllm_build.BuildOptions(max_input_len=64, max_num_tokens=256, gpus_per_node=4, allow_uneven_pp=True)
+    for gpus_flag in (True, False):
+        d = tmp_path / str(gpus_flag)
+        d.mkdir()
+        engine = trtllm_build.build_engine(single, d / "engine", opts, executable=_fake_exe(d, gpus_flag=gpus_flag))
+        assert json.loads((engine / "config.json").read_text())["pretrained_config"]["mapping"]["gpus_per_node"] == 4
+    # no option: the checkpoint's value (none: TensorRT-LLM's 8) is passed explicitly
+    d = tmp_path / "default"
+    d.mkdir()
+    engine = trtllm_build.build_engine(
+        single, d / "engine", trtllm_build.BuildOptions(max_input_len=64, allow_uneven_pp=True), executable=_fake_exe(d)
+    )
+    assert json.loads((engine / "config.json").read_text())["pretrained_config"]["mapping"]["gpus_per_node"] == 8
+
+
+def test_uneven_pipeline_split_needs_trtllm_0_16() -> None:
+    cfg = {**config_340b(), "num_hidden_layers": 95}  # 95 layers over PP 2: 48 + 47 (tensor_split) vs 47 + 47 + ...
+    opts = trtllm_build.BuildOptions()
+    for version in (None, (0, 13), (0, 15)):
+        with pytest.raises(trtllm_build.BuildError, match="do not divide evenly"):
+            trtllm_build.check_pipeline_split(cfg, opts, version)
+    trtllm_build.check_pipeline_split(cfg, opts, (0, 16))
+    trtllm_build.check_pipeline_split(cfg, opts, (1, 2))
+    trtllm_build.check_pipeline_split(cfg, trtllm_build.BuildOptions(allow_uneven_pp=True), None)
+    trtllm_build.check_pipeline_split(config_340b(), opts, None)  # 96 layers over PP 2: even
+    # the version is asked of the interpreter that runs trtllm-build (the container's, not this virtualenv's)
+    assert trtllm_build.installed_trtllm_version(sys.executable) is None
 
 
 # ---------------------------------------------------------------------------------------------- real engine
@@ -175,4 +194,6 @@ def test_tiny_trtllm_engine_matches_torch_engine(arch: str, tmp_path: Path) -> N
     got = logits[:, 0, 0, :k] + bias
     want = TorchEngine.from_checkpoint(ckpt).logits(seqs)[:, :k] + bias
     assert math.isfinite(float(got.abs().max()))
+    # TensorRT-LLM runs lm_head in bf16 and casts the logits to fp32; the PyTorch engine's head is fp32: the engine
+    # rewards carry bf16 rounding of the head's inputs and weights, which this tolerance allows.
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.1)

@@ -1,4 +1,4 @@
-"""The weight table (reward_triton/weights.py) and the rank-file reader it drives (trtllm_checkpoint.py)."""
+"""The weight table (reward_triton/engine/weights.py) and the rank-file reader it drives (trtllm_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from build_engine import convert, fixtures
+from build_engine import convert
 from build_engine.nemo.legacy import map_legacy_key
-from build_engine.nemo.writer import write_nemo_checkpoint
 from build_engine.spec import ModelSpec, SpecError
-from reward_triton import weights
-from reward_triton.engine import TorchEngine
-from reward_triton.trtllm_checkpoint import CheckpointFormatError
+from reward_triton.engine import weights
+from reward_triton.engine.checkpoint import CheckpointFormatError
+from reward_triton.engine.mapping import Mapping, MappingError
+from reward_triton.engine.model import TorchEngine
+from tooling import fixtures
+from tooling.nemo_writer import write_nemo_checkpoint
 
 
 def test_every_legacy_key_maps_back_to_its_row() -> None:
@@ -38,12 +40,23 @@ def test_each_architecture_gets_each_weight_once() -> None:
             assert fc1.rule is (weights.Rule.GATED if gated else weights.Rule.COLUMN)
 
 
-def test_stage_layers_partition_the_layers() -> None:
+def test_stage_layers_split_like_torch_tensor_split() -> None:
+    """TensorRT-LLM (>= 0.16) assigns layers to stages as torch.tensor_split(arange(L), pp)."""
     for n in range(1, 10):
         for pp in range(1, n + 1):
-            stages = [weights.stage_layers(n, pp, s) for s in range(pp)]
-            assert sum(stages, []) == list(range(n))
-            assert sorted((len(s) for s in stages), reverse=True) == [len(s) for s in stages]  # earlier take more
+            stages = [Mapping(1, pp).stage_layers(n, s) for s in range(pp)]
+            assert stages == [t.tolist() for t in torch.tensor_split(torch.arange(n), pp)]
+
+
+def test_mapping_ranks_and_config_json() -> None:
+    m = Mapping(8, 2, gpus_per_node=8)
+    assert m.world_size == 16 and m.ranks(0) == (0, 0) and m.ranks(7) == (7, 0) and m.ranks(9) == (1, 1)
+    assert Mapping.from_json(m.to_json(with_gpus_per_node=True)) == m
+    assert Mapping.of_config({"pretrained_config": {"mapping": m.to_json()}}) == m  # an engine's config.json
+    with pytest.raises(MappingError, match="world_size 12 != tp_size 8 x pp_size 2"):
+        Mapping.from_json({"world_size": 12, "tp_size": 8, "pp_size": 2})
+    with pytest.raises(MappingError, match="must be positive"):
+        Mapping(0, 1)
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from build_engine import fixtures
 from build_engine.convert import convert
 from build_engine.repository import RenderOptions, render_repository
-from reward_triton.server import ServerProcess
+from reward_triton.ops.server import ServerProcess
+from tooling import fixtures
 
 STARTUP_TIMEOUT = 180.0
 RUNNING: list[ServerProcess] = []  # read by conftest.py for failure reports

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reward_triton.weights import is_layer
+from reward_triton.engine.weights import is_layer
 
 
 class CheckpointError(ValueError):

@@ -17,7 +17,7 @@ import torch
 
 from build_engine.nemo.archive import Archive
 from build_engine.nemo.errors import CheckpointError, check_layer_arg, require_layer_tensor
-from reward_triton.weights import EMBEDDING, FC1, HEAD_W, LEGACY, LN1_W, LNF_W
+from reward_triton.engine.weights import EMBEDDING, FC1, HEAD_W, LEGACY, LN1_W, LNF_W
 
 CKPT_NAME = "model_weights.ckpt"
 _AUTO = -1  # rm_head.weight: replicated, or split on dim 1 (decided against the hidden size)
@@ -51,7 +51,7 @@ def find_rank_files(archive: Archive, base: str) -> dict[tuple[int, int], str] |
 def map_legacy_key(key: str) -> tuple[str, int | None, int | None] | None:
     """Legacy state-dict key → (canonical name, local layer index or None, split dim), None if not a weight.
 
-    The keys are the weight table's `legacy` column (reward_triton/weights.py)."""
+    The keys are the weight table's `legacy` column (reward_triton/engine/weights.py)."""
     if key.startswith("model."):
         key = key[len("model.") :]
     if "_extra_state" in key:

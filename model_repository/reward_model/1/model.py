@@ -1,18 +1,18 @@
 """Triton model `reward_model` (NeMo-Aligner's reward server contract): B rows per request fanned out to
-`tensorrt_llm` one sequence each (reward_triton.reward_model.execute_fanout)."""
+`tensorrt_llm` one sequence each (reward_triton.serving.reward_model.execute_fanout)."""
 
 import triton_python_backend_utils as pb_utils
 
-from reward_triton import reward_model, stages
-from reward_triton.preprocess import DEFAULT_MAX_REQUEST_BYTES
-from reward_triton.reward_model import DEFAULT_MAX_ROWS, RewardModelStage
+from reward_triton.serving import reward_model, triton
+from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES
+from reward_triton.serving.reward_model import DEFAULT_MAX_ROWS, RewardModelStage
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = stages.parameters(args)
+        params = triton.parameters(args)
         self.stage = RewardModelStage(
-            stages.require(params, "model_dir"),
+            triton.require(params, "model_dir"),
             max_rows=int(params.get("max_rows") or DEFAULT_MAX_ROWS),
             max_request_bytes=int(params.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES),
         )

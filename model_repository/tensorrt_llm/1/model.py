@@ -1,24 +1,22 @@
 """Triton model `tensorrt_llm` on CPU: the PyTorch engine behind the TensorRT-LLM backend's contract.
 
 Used when the repository is rendered with BACKEND=torch (config `backend: "python"`); with BACKEND=tensorrtllm the
-C++ backend serves this model and this file is not loaded. One batched forward per execute().
+C++ backend serves this model and this file is not loaded. It refuses to load, and refuses requests, where the C++
+backend would (reward_triton.engine.stand_in, reward_triton.serving.trtllm_contract). One batched forward per
+execute().
 """
+
+import json
 
 import triton_python_backend_utils as pb_utils
 
-from reward_triton import stages
+from reward_triton.engine.stand_in import EngineStage
+from reward_triton.serving import triton
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = stages.parameters(args)
-        self.stage = stages.EngineStage.from_checkpoint(
-            stages.require(params, "gpt_model_path"),
-            dtype=params.get("dtype") or "float32",
-            device=params.get("device") or "cpu",
-            num_threads=int(params.get("num_threads") or 0),
-            batch_invariant=(params.get("batch_invariant") or "false").lower() in ("1", "true", "yes"),
-        )
+        self.stage = EngineStage.from_model_config(json.loads(args["model_config"]))
 
     def execute(self, requests):
-        return stages.execute(pb_utils, self.stage, requests)
+        return triton.execute(pb_utils, self.stage, requests)

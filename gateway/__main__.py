@@ -1,0 +1,5 @@
+"""`python -m gateway` = `reward-openai`."""
+
+from gateway.cli import main
+
+main()

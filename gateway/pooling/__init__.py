@@ -1,0 +1,1 @@
+"""vLLM's pooling API for reward models: `POST /pooling` (docs/rl.md)."""
