@@ -204,7 +204,8 @@ def decode_json(text: str | bytes, what: str = "") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise JSONTextError(f"{subject}not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        reason = e.msg.removesuffix(" at")  # "Invalid control character at": the position follows
+        raise JSONTextError(f"{subject}not valid JSON: {reason} at line {e.lineno} column {e.colno}") from e
     except RecursionError:
         raise JSONTextError(f"{json_of} is nested too deeply (arrays/objects within each other)") from None
     except ValueError as e:  # e.g. an integer literal longer than Python's conversion limit
