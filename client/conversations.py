@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reward_triton.serving.conversation import JSONTextError, decode_json
+from reward_triton.serving.conversation import ConversationError, JSONTextError, decode_json, form_of
 
 NEMO_DEFAULT_MASK = "User"
 NEMO_ASSISTANT = "Assistant"
@@ -54,17 +54,11 @@ def parse_json(text: str | bytes) -> Any:
 
 
 def conversation_form(data: Any) -> str:
-    """'openai' or 'nemo' for a decoded conversation object; RecordError otherwise."""
-    if not isinstance(data, dict):
-        raise RecordError(f"a conversation must be a JSON object, got {type(data).__name__}")
-    has_openai, has_nemo = "messages" in data, "conversations" in data
-    if has_openai and has_nemo:
-        raise RecordError("a conversation has either 'messages' (OpenAI form) or 'conversations' (NeMo form), not both")
-    if has_openai:
-        return "openai"
-    if has_nemo:
-        return "nemo"
-    raise RecordError("a conversation needs 'messages' (OpenAI form) or 'conversations' (NeMo form)")
+    """'openai' or 'nemo' for a decoded conversation object (the server's detection); RecordError otherwise."""
+    try:
+        return form_of(data)
+    except ConversationError as e:
+        raise RecordError(str(e)) from None
 
 
 def _turns(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
