@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo | install | test | lint | bench [bench-convert|bench-engine] | engine [NEMO= TP= PP= DTYPE= BACKEND=torch|tensorrtllm] | serve | perf"
+	@echo "make demo | install | test | lint | bench [bench-convert|bench-engine] | engine [NEMO= TP= PP= DTYPE= BACKEND=torch|tensorrtllm BATCH_INVARIANT=1 RENDER_ARGS=] | serve | perf"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,11 +54,15 @@ MPIRUN_ARGS ?= --allow-run-as-root --oversubscribe
 TRTLLM_BUILD_ARGS ?=
 # BACKEND=tensorrtllm: KV_CACHE_REUSE=0 renders enable_kv_cache_reuse "false"; ENGINE_DIR_IN_CONTAINER=/engines/x
 # writes the engine path as the serving container sees it; RENDER_ARGS passes more render options.
+# BACKEND=torch: BATCH_INVARIANT=1 adds --batch-invariant (one forward per sequence, so a conversation's scores never
+# depend on what it was batched with; docs/client.md).
 KV_CACHE_REUSE ?= 1
 ENGINE_DIR_IN_CONTAINER ?=
+BATCH_INVARIANT ?=
 RENDER_ARGS ?=
 RENDER_FLAGS = $(if $(filter 0,$(KV_CACHE_REUSE)),--no-kv-cache-reuse) \
-	$(if $(ENGINE_DIR_IN_CONTAINER),--engine-dir-in-container $(ENGINE_DIR_IN_CONTAINER)) $(RENDER_ARGS)
+	$(if $(ENGINE_DIR_IN_CONTAINER),--engine-dir-in-container $(ENGINE_DIR_IN_CONTAINER)) \
+	$(if $(filter 1 true yes,$(BATCH_INVARIANT)),--batch-invariant) $(RENDER_ARGS)
 CONVERT_ARGS ?=
 DTYPE ?= bfloat16
 BACKEND ?= torch
@@ -110,7 +114,9 @@ $(REPOSITORY)/ensemble/config.pbtxt:
 	$(MAKE) engine
 
 # OPENAI_PORT=9000 also runs reward-openai (the OpenAI-compatible reward API, docs/openai.md) beside tritonserver;
-# it answers 503 until the ensemble is ready. OPENAI_TRITON_URL must match tritonserver's gRPC port.
+# it answers 503 until the ensemble is ready. OPENAI_TRITON_URL must match tritonserver's gRPC port. Ctrl-C, SIGTERM
+# or SIGHUP (to make or its process group) stops both and ends the recipe cleanly; both run in the background so
+# that the shell's traps fire at once (a shell defers a trap until its foreground command ends).
 OPENAI_PORT ?=
 OPENAI_HOST ?= 0.0.0.0
 OPENAI_TRITON_URL ?= localhost:8001
@@ -121,8 +127,9 @@ ifeq ($(OPENAI_PORT),)
 	$(VENV)/bin/tritonserver --model-repository=$(REPOSITORY) $(SERVE_ARGS)
 else
 	$(VENV)/bin/tritonserver --model-repository=$(REPOSITORY) $(SERVE_ARGS) & triton=$$!; \
-	trap 'kill $$triton 2>/dev/null; wait $$triton' EXIT; trap 'exit 130' INT TERM; \
-	$(VENV)/bin/reward-openai --url $(OPENAI_TRITON_URL) --host $(OPENAI_HOST) --port $(OPENAI_PORT) $(OPENAI_ARGS)
+	$(VENV)/bin/reward-openai --url $(OPENAI_TRITON_URL) --host $(OPENAI_HOST) --port $(OPENAI_PORT) $(OPENAI_ARGS) & \
+	gateway=$$!; trap 'kill $$triton $$gateway 2>/dev/null; wait $$triton $$gateway 2>/dev/null' EXIT; \
+	trap 'exit 0' INT TERM HUP; wait $$gateway
 endif
 
 $(VENV)/bin/perf_analyzer: | $(STAMP)

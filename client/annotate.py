@@ -1,12 +1,19 @@
-"""Resumable annotation of a NeMo conversation jsonl file.
+"""Resumable annotation of a NeMo (or OpenAI `messages`) conversation jsonl file.
 
-Every assistant turn with a non-null `label` is scored on its prefix and gets a new `name:value,...` label.
-Output lines keep the input order; a line that cannot be scored (bad JSON, rejected by the server, ...) goes to
-the errors file as `{"line": N, "error": reason}` instead, and the job goes on.
+Every turn to score (client.conversations: NeMo assistant turns with a non-null `label`, every OpenAI assistant
+message) is scored on its prefix and gets a new `name:value,...` label. Output lines keep the input order. A turn
+the server rejects (too long, ...) keeps the record: its label is null with `label_error` saying why, and the
+errors file gets `{"line": N, "turn": T, "error": reason}`; the record's other turns keep their scores. A line that
+cannot be read at all (bad JSON, not a record) goes to the errors file as `{"line": N, "error": reason}` instead.
+Labels scored on a conversation shortened by `--truncate` carry `label_truncated: true`.
+
+Input safety: the input is only ever read. OUT and the errors file are written beside their final paths
+(`OUT.part`, `ERRORS.part`) and renamed over them when the job completes; a path that is (or links to) the input
+is refused before anything is opened for writing.
 
 Crash safety: output and error lines are appended in batches, each with one write() of whole lines, then
 fsynced; only then is the checkpoint (`OUT.ckpt`: next input line and byte offset, output and errors byte
-offsets) replaced atomically. A rerun truncates OUT and the errors file back to the checkpoint's offsets and
+offsets, counts) replaced atomically. A rerun truncates the .part files back to the checkpoint's offsets and
 continues from its line, so a job killed at any instant (SIGKILL included) resumes without partial lines or
 duplicates, and its output is byte-identical to an uninterrupted run (the server is deterministic).
 """
@@ -20,19 +27,33 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from client.api import RequestRejected, Score
-from client.conversations import RecordError, apply_labels, format_label, parse_json, scoring_requests
+from client.conversations import (
+    RecordError,
+    TurnLabel,
+    apply_labels,
+    format_label,
+    label_values,
+    parse_json,
+    scoring_requests,
+    skipped_turns,
+)
+from client.safe_paths import OutputPathError, check_outputs, part_path, replace_from_part
+from client.summary import fold, merge
 
 CHECKPOINT_SUFFIX = ".ckpt"
 ERRORS_SUFFIX = ".errors.jsonl"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 STATUS_INTERVAL_S = 1.0
 
 Scorer = Callable[[Mapping[str, Any]], Awaitable[Score]]
+# per-turn counts: scored (label written), skipped (assistant turn with a null label), failed (rejected by the
+# server), truncated (scored on a conversation --truncate shortened; also counted as scored)
+TURN_COUNTS = ("scored", "skipped", "failed", "truncated")
 
 
 class AnnotateError(RuntimeError):
@@ -62,8 +83,10 @@ class Checkpoint:
     input_offset: int = 0  # byte offset of input line lines_done + 1
     out_offset: int = 0
     err_offset: int = 0
-    ok: int = 0
-    errors: int = 0
+    ok: int = 0  # records written to OUT
+    errors: int = 0  # lines that could not be read (not written to OUT)
+    turns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TURN_COUNTS, 0))
+    stats: dict[str, list[float]] = field(default_factory=dict)  # name → [count, sum, min, max] of written values
     done: bool = False
     version: int = CHECKPOINT_VERSION
 
@@ -92,8 +115,10 @@ class Checkpoint:
 @dataclass
 class Summary:
     lines: int = 0  # input lines handled in total (this run and earlier ones)
-    ok: int = 0
-    errors: int = 0
+    ok: int = 0  # records written
+    errors: int = 0  # unreadable lines
+    turns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TURN_COUNTS, 0))
+    stats: dict[str, list[float]] = field(default_factory=dict)
     this_run: int = 0
     seconds: float = 0.0
     conversations_per_second: float = 0.0
@@ -106,6 +131,9 @@ class Summary:
 class LineResult:
     out: bytes = b""
     err: bytes = b""
+    unreadable: bool = False
+    turns: dict[str, int] = field(default_factory=dict)
+    values: list[dict[str, float]] = field(default_factory=list)  # the written label values, per scored turn
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -137,32 +165,52 @@ def count_lines(path: Path) -> int:
     return n + (last != b"\n")
 
 
-def error_line(line_no: int, reason: str) -> bytes:
-    return (json.dumps({"line": line_no, "error": reason}, ensure_ascii=False) + "\n").encode("utf-8")
+def error_line(line_no: int, reason: str, turn: int | None = None) -> bytes:
+    entry: dict[str, Any] = {"line": line_no} if turn is None else {"line": line_no, "turn": turn}
+    entry["error"] = reason
+    return (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def cli_wording(reason: str) -> str:
+    """The server's advice in the CLI's terms (the server speaks of the request field `truncate`)."""
+    return reason.replace("set truncate=true", "use --truncate")
 
 
 async def annotate_line(line_no: int, raw: bytes, scorer: Scorer, options: AnnotateOptions) -> LineResult:
-    """One input line → its output line, or its error line. ServerFailure (and other failures) propagate."""
+    """One input line → its output line (and error lines for rejected turns), or its error line when it cannot be
+    read. ServerFailure (and other failures) propagate."""
     if not raw.strip():
         return LineResult()
     try:
         record = parse_json(raw)
         requests = scoring_requests(record)
+        skipped = skipped_turns(record)
     except RecordError as e:
-        return LineResult(err=error_line(line_no, str(e)))
+        return LineResult(err=error_line(line_no, str(e)), unreadable=True)
     results = await asyncio.gather(*(scorer(conv) for _, conv in requests), return_exceptions=True)
-    labels: dict[int, str] = {}
+    labels: dict[int, TurnLabel] = {}
+    errors: list[bytes] = []
+    counts = dict.fromkeys(TURN_COUNTS, 0)
+    counts["skipped"] = skipped
+    values: list[dict[str, float]] = []
     for (turn, _), result in zip(requests, results, strict=True):
-        if isinstance(result, RequestRejected):
-            return LineResult(err=error_line(line_no, f"turn {turn}: {result}"))
-        if isinstance(result, BaseException):
+        if isinstance(result, BaseException) and not isinstance(result, RequestRejected):
             raise result
         try:
-            labels[turn] = format_label(result.scores, options.attributes, steerlm=options.steerlm)
+            if isinstance(result, RequestRejected):
+                raise RecordError(cli_wording(str(result)))
+            label = format_label(result.scores, options.attributes, steerlm=options.steerlm)
         except RecordError as e:
-            return LineResult(err=error_line(line_no, f"turn {turn}: {e}"))
+            labels[turn] = TurnLabel(None, error=str(e))
+            errors.append(error_line(line_no, str(e), turn))
+            counts["failed"] += 1
+            continue
+        labels[turn] = TurnLabel(label, truncated=result.truncated)
+        values.append(label_values(result.scores, options.attributes, steerlm=options.steerlm))
+        counts["scored"] += 1
+        counts["truncated"] += int(result.truncated)
     out = json.dumps(apply_labels(record, labels), ensure_ascii=False) + "\n"
-    return LineResult(out=out.encode("utf-8"))
+    return LineResult(out=out.encode("utf-8"), err=b"".join(errors), turns=counts, values=values)
 
 
 def _lines(f: IO[bytes], first_line: int) -> Iterator[tuple[int, bytes, int]]:
@@ -193,6 +241,8 @@ class _Writer:
         self.lines = 0
         self.ok = 0
         self.errors = 0
+        self.turns = dict.fromkeys(TURN_COUNTS, 0)
+        self.stats: dict[str, list[float]] = {}
         self.input_offset = ckpt.input_offset
 
     def _open_errors(self) -> int:
@@ -208,7 +258,11 @@ class _Writer:
             self.ok += 1
         if result.err:
             self.err.append(result.err)
-            self.errors += 1
+        self.errors += int(result.unreadable)
+        for k, n in result.turns.items():
+            self.turns[k] += n
+        for values in result.values:
+            fold(self.stats, values)
         self.lines += 1
         self.input_offset = input_offset
 
@@ -234,10 +288,15 @@ class _Writer:
         c.err_offset += len(err)
         c.ok += self.ok
         c.errors += self.errors
+        for k, n in self.turns.items():
+            c.turns[k] = c.turns.get(k, 0) + n
+        merge(c.stats, self.stats)
         c.done = done
         c.save(self.ckpt_path)
         self.out, self.err = [], []
         self.lines = self.ok = self.errors = 0
+        self.turns = dict.fromkeys(TURN_COUNTS, 0)
+        self.stats = {}
 
     def close(self) -> None:
         os.close(self.out_fd)
@@ -252,33 +311,59 @@ def paths(out: str | os.PathLike[str], errors: str | os.PathLike[str] | None = N
     return out_path, err_path, out_path.with_name(out_path.name + CHECKPOINT_SUFFIX)
 
 
+def check_paths(in_path: Path, out_path: Path, err_path: Path, ckpt_path: Path) -> None:
+    """Refuse (AnnotateError) any written path that is the input or another written path, or a missing folder."""
+    outputs = {
+        "output": out_path,
+        "errors file": err_path,
+        "checkpoint": ckpt_path,
+        "partial output": part_path(out_path),
+        "partial errors file": part_path(err_path),
+        "checkpoint being written": ckpt_path.with_name(ckpt_path.name + ".tmp"),
+    }
+    try:
+        check_outputs({"input": in_path}, outputs)
+    except OutputPathError as e:
+        raise AnnotateError(str(e)) from None
+    if not in_path.is_file():
+        raise AnnotateError(f"input {in_path} is not a readable file")
+
+
 def _start(
     in_path: Path, out_path: Path, err_path: Path, ckpt_path: Path, options: AnnotateOptions, restart: bool
 ) -> Checkpoint:
+    check_paths(in_path, out_path, err_path, ckpt_path)
     fresh = Checkpoint(input=str(in_path.resolve()), input_size=in_path.stat().st_size, options=options.fingerprint())
     ckpt = None if restart else Checkpoint.load(ckpt_path)
     if ckpt is None:
         if not restart and out_path.exists() and out_path.stat().st_size > 0:
             raise AnnotateError(
                 f"{out_path} exists and has no checkpoint ({ckpt_path.name}): not overwriting it; "
-                "rerun with --restart to start over"
+                "rerun with --restart to replace it (it stays as it is until the new run completes)"
             )
-        for p in (out_path, err_path):
+        for p in (part_path(out_path), part_path(err_path)):  # an earlier unfinished run's partial files
             if p.exists():
                 p.unlink()
         fresh.save(ckpt_path)
         return fresh
-    if (ckpt.input, ckpt.input_size) != (fresh.input, fresh.input_size):
+    if ckpt.input != fresh.input:
         raise AnnotateError(
-            f"{ckpt_path} belongs to a run on {ckpt.input} ({ckpt.input_size} bytes), not {fresh.input} "
-            f"({fresh.input_size} bytes); rerun with --restart to start over"
+            f"{ckpt_path} belongs to a run on {ckpt.input}, not {fresh.input}; rerun with --restart to start over"
+        )
+    if ckpt.input_size != fresh.input_size:
+        state = "finished" if ckpt.done else "started"
+        raise AnnotateError(
+            f"the input {fresh.input} is {fresh.input_size} bytes, but it was {ckpt.input_size} bytes when the run "
+            f"recorded in {ckpt_path} {state}: it changed since; rerun with --restart to annotate it again"
         )
     if ckpt.options != fresh.options:
         raise AnnotateError(
             f"{ckpt_path} was written with options {ckpt.options}, this run has {fresh.options}; "
             "use the same options to resume, or --restart"
         )
-    for p, offset in ((out_path, ckpt.out_offset), (err_path, ckpt.err_offset)):
+    if ckpt.done:
+        return ckpt
+    for p, offset in ((part_path(out_path), ckpt.out_offset), (part_path(err_path), ckpt.err_offset)):
         size = p.stat().st_size if p.exists() else 0
         if size < offset:
             raise AnnotateError(
@@ -286,6 +371,20 @@ def _start(
                 "rerun with --restart to start over"
             )
     return ckpt
+
+
+def _publish(out_path: Path, err_path: Path, ckpt: Checkpoint) -> None:
+    """Rename the finished .part files over OUT and the errors file (idempotent: safe to repeat after a crash).
+    A run without error lines removes an errors file left by an earlier run of the same output."""
+    if part_path(out_path).exists():
+        replace_from_part(out_path)
+    if ckpt.err_offset > 0:
+        if part_path(err_path).exists():
+            replace_from_part(err_path)
+    else:
+        for p in (err_path, part_path(err_path)):
+            if p.exists():
+                p.unlink()
 
 
 def _progress(total: int | None, initial: int, enabled: bool) -> Any:
@@ -334,9 +433,11 @@ async def annotate_file(
     ckpt = _start(src, out, err, ckpt_path, options, restart)
     summary = Summary(out=str(out), errors_file=str(err))
     if ckpt.done:
+        _publish(out, err, ckpt)
         summary.lines, summary.ok, summary.errors, summary.already_done = ckpt.lines_done, ckpt.ok, ckpt.errors, True
+        summary.turns, summary.stats = dict(ckpt.turns), dict(ckpt.stats)
         return summary
-    writer = _Writer(out, err, ckpt_path, ckpt)
+    writer = _Writer(part_path(out), part_path(err), ckpt_path, ckpt)
     bar = _progress(count_lines(src) if progress else None, ckpt.lines_done, progress)
     started = time.monotonic()
     handled = 0
@@ -377,6 +478,7 @@ async def annotate_file(
                     if on_commit is not None:
                         on_commit(ckpt)
         writer.commit(done=True)
+        _publish(out, err, ckpt)
         if on_commit is not None:
             on_commit(ckpt)
     except BaseException:
@@ -390,6 +492,7 @@ async def annotate_file(
         bar.close()
     summary.seconds = time.monotonic() - started
     summary.lines, summary.ok, summary.errors = ckpt.lines_done, ckpt.ok, ckpt.errors
+    summary.turns, summary.stats = dict(ckpt.turns), dict(ckpt.stats)
     summary.this_run = handled
     summary.conversations_per_second = handled / summary.seconds if summary.seconds > 0 else 0.0
     return summary

@@ -179,6 +179,7 @@ class RewardClient:
         concurrency: int = 16,
         timeout: float | None = 120.0,
         retry: RetryPolicy | None = None,
+        notify: Callable[[str], None] | None = None,
         weights: Sequence[float] | Mapping[str, float] | None = None,
     ) -> None:
         if concurrency < 1:
@@ -196,6 +197,9 @@ class RewardClient:
         self._metadata_lock: asyncio.Lock | None = None
         self._waiting = 0  # calls sleeping before a retry
         self._waiting_since: float | None = None
+        # told "waiting for HOST:PORT ..." at the first failure to reach the server, "connected ..." once it answers
+        self.notify = notify
+        self._announced_wait = False
 
     def retry_status(self) -> str | None:
         """'server unavailable, retrying (N s)' while calls are waiting to retry, else None (for progress lines)."""
@@ -231,7 +235,11 @@ class RewardClient:
         while True:
             attempt += 1
             try:
-                return await fn()
+                result = await fn()
+                if self._announced_wait and self.notify is not None:
+                    self._announced_wait = False
+                    self.notify(f"connected to {self.url}")
+                return result
             except InferenceServerException as e:
                 status, message = _status(e), _message(e)
                 if status in REJECTED:
@@ -243,7 +251,19 @@ class RewardClient:
                     raise ServerFailure(
                         f"{what} at {self.url} failed{tries}: {status or 'error'}: {message}", status
                     ) from None
+                self._announce_wait(status, message)
             await self._backoff(delay)
+
+    def _announce_wait(self, status: str, message: str) -> None:
+        if self._announced_wait or self.notify is None:
+            return
+        self._announced_wait = True
+        reason = message.splitlines()[0] if message else status
+        limit = f"up to {self.retry.max_wait:.0f} s" if self.retry.attempts is None else f"{self.retry.attempts} tries"
+        self.notify(
+            f"waiting for {self.url} ({status.removeprefix('StatusCode.') or 'no answer'}: {reason[:120]}); "
+            f"retrying for {limit} (Ctrl-C to stop)"
+        )
 
     async def _backoff(self, delay: float) -> None:
         if not self._waiting:

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestRejected, RetryPolicy, RewardClient, RewardClientError, Score
-from client.conversations import RecordError, conversation_form, parse_json
+from client.conversations import RecordError, conversation_form, parse_json, prefix_conversation
 from client.weights import parse_option as parse_weights
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
 # how long a request rides out an unavailable / restarting server: long jobs wait, interactive commands answer soon
 LONG_RETRY_S, SHORT_RETRY_S = 600.0, 30.0
 RETRY_S = {"annotate": LONG_RETRY_S, "evaluate": LONG_RETRY_S}
+RANK_PROGRESS_FROM = 32  # candidates: rank shows a progress bar from this many on
 
 EPILOG = """\
 examples:
@@ -34,8 +35,9 @@ examples:
 annotate resumes by itself: rerun the same command after an interruption (even kill -9) and it continues
 where it stopped; the output equals an uninterrupted run. While the server is down or restarting, requests are
 retried (--retry-for, 10 minutes for annotate) and the progress line says "server unavailable, retrying". Lines
-that cannot be scored (unreadable, or rejected by the server) go to OUT.errors.jsonl (line number and reason) and
-the job goes on; the exit status is 1 when any line failed, 2 on other errors.
+that cannot be read, and turns the server rejects, go to OUT.errors.jsonl (line, turn and reason) and the job
+goes on; the exit status is 1 when any line or turn failed or nothing was scored, 2 on other errors, 130 when
+interrupted. OUT is written as OUT.part and renamed when complete; no output path may be the input.
 """
 
 
@@ -99,14 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "annotate",
-        "label every labelled assistant turn of a NeMo jsonl file (resumable)",
-        "Score every assistant turn that has a non-null 'label' (on the conversation up to that turn) and "
-        "write the labels as name:value strings. Resumable; output in input order.",
+        "label the assistant turns of a NeMo or OpenAI jsonl file (resumable)",
+        "Score every assistant turn that has a non-null 'label' (NeMo form: every speaker but the mask is the "
+        "assistant) and every assistant message (OpenAI 'messages' form), each on the conversation up to that turn, "
+        "and write the labels as name:value strings into the turn's 'label'. A turn the server rejects gets "
+        "label null and 'label_error'; labels of a --truncate'd conversation get 'label_truncated': true. "
+        "Resumable; output in input order; the input is never written.",
     )
-    p.add_argument("input", help="NeMo conversation jsonl")
+    p.add_argument("input", help="NeMo or OpenAI conversation jsonl")
     p.add_argument("output", help="annotated jsonl (a checkpoint OUTPUT.ckpt is kept next to it)")
     p.add_argument("--errors", help="errors file (default OUTPUT.errors.jsonl)")
-    p.add_argument("--steerlm", action="store_true", help="clamp to [0, 4] and round, as NeMo-Aligner does")
+    p.add_argument(
+        "--steerlm",
+        action="store_true",
+        help="NeMo-Aligner's SteerLM labels: every attribute, clamped to [0, 4] and rounded",
+    )
     p.add_argument(
         "--all-attributes",
         action="store_true",
@@ -126,19 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses-file", help='jsonl: one candidate a line, a JSON string or {"response": ...}')
     p.add_argument("--system", help="system prompt (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-progress", action="store_true", help=f"no progress bar (shown from {RANK_PROGRESS_FROM} on)")
+    p.add_argument("--all-attributes", action="store_true", help="--json: every attribute, untrained ones too")
 
     p = add(
         "evaluate",
-        "RewardBench accuracy of (chosen, rejected) pairs",
+        "accuracy of (chosen, rejected) preference pairs (RewardBench or plain)",
         "Accuracy per subset and per RewardBench section (Chat, Chat Hard, Safety, Reasoning); overall = "
-        "mean of sections; a pair is right only if reward(chosen) > reward(rejected). A RewardBench 2 file "
+        "mean of sections. Pairs without a subset form one section 'all' whose overall is the accuracy over all "
+        "pairs. A pair is right only if reward(chosen) > reward(rejected). A RewardBench 2 file "
         "(chosen/rejected lists) gets best-of-N accuracy per subset, Ties by its own rule, overall = mean of "
         "subsets; resumable (rerun to continue).",
     )
-    p.add_argument("pairs", help="jsonl with prompt, chosen, rejected, subset")
+    p.add_argument("pairs", help="jsonl with prompt, chosen, rejected and optionally subset")
     p.add_argument("--system", help="system prompt for string chosen/rejected (default: the model's)")
     p.add_argument("--truncate", action="store_true", help="drop the oldest turns of inputs that are too long")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--output", help="write one JSON line per pair (line, id, subset, chosen, rejected, margin, correct or error)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # RewardBench 2 (client/evaluate_v2.py)
     p.add_argument(
         "--format",
@@ -148,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scores", help="rb2: per-row scores file, what resumes a run (default PAIRS.rb2-scores.jsonl)")
     p.add_argument("--restart", action="store_true", help="rb2: ignore the scores file and start over")
-    p.add_argument("--no-progress", action="store_true", help="rb2: no progress bar")
 
-    add("info", "show what the served model outputs", "Attribute names, trained attributes, scalar weights.")
+    p = add("info", "show what the served model outputs", "Attribute names, trained attributes, scalar weights (JSON).")
+    p.add_argument("--json", action="store_true", help="print JSON (what info always prints)")
     return parser
 
 
@@ -166,6 +182,7 @@ def _client(args: argparse.Namespace) -> RewardClient:
             max_wait=args.retry_for if args.retry_for is not None else RETRY_S.get(args.command, SHORT_RETRY_S),
             attempts=None if args.retries is None else max(1, args.retries),
         ),
+        notify=lambda text: print(f"reward-client {args.command}: {text}", file=sys.stderr, flush=True),
         weights=None if args.weights is None else parse_weights(args.weights),
     )
 
@@ -180,7 +197,10 @@ def read_conversation(arg: str) -> str:
         text = Path(arg).read_text(encoding="utf-8")
     else:
         raise RecordError(f"{arg!r} is neither JSON nor a readable file")
-    conversation_form(parse_json(text))
+    data = parse_json(text)
+    if conversation_form(data) == "nemo" and isinstance(data.get("conversations"), list) and data["conversations"]:
+        # NeMo-Aligner's speakers (any non-mask speaker is the assistant) in the canonical form the server templates
+        return json.dumps(prefix_conversation(data, len(data["conversations"]) - 1), ensure_ascii=False)
     return text
 
 
@@ -188,7 +208,8 @@ def score_table(score: Score, all_attributes: bool) -> str:
     values = score.scores if all_attributes else score.trained
     width = max([len(n) for n in values] + [len("num_input_tokens")])
     lines = [f"{n:<{width}}  {v:>12.6g}" for n, v in values.items()]
-    lines.append(f"{'reward':<{width}}  {score.reward:>12.6g}")
+    if list(values) != ["reward"]:  # a one-output model's only attribute is the reward itself
+        lines.append(f"{'reward':<{width}}  {score.reward:>12.6g}")
     lines.append(f"{'num_input_tokens':<{width}}  {score.num_input_tokens:>12}")
     lines.append(f"{'truncated':<{width}}  {'yes' if score.truncated else 'no':>12}")
     return "\n".join(lines)
@@ -208,12 +229,50 @@ async def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_annotate(args: argparse.Namespace) -> int:
-    from client.annotate import AnnotateOptions, annotate_file
+def annotate_report(summary: Any, output: str) -> tuple[str, int]:
+    """The end-of-run text (counts, then the value table) and the exit status of an annotate job."""
+    from client.summary import stats_table
 
+    t = summary.turns
+    head = "already complete" if summary.already_done else f"{summary.this_run} lines this run"
+    lines = [
+        f"{output}: {head}: {summary.ok} records written, {summary.errors} unreadable lines; turns: "
+        f"{t.get('scored', 0)} scored ({t.get('truncated', 0)} of them truncated), {t.get('failed', 0)} failed, "
+        f"{t.get('skipped', 0)} skipped (null label)"
+    ]
+    if not summary.already_done:
+        lines[0] += f" in {summary.seconds:.1f}s ({summary.conversations_per_second:.1f} conv/s)"
+    table = stats_table(summary.stats, "label")
+    if table:
+        lines.append(table)
+    status = EXIT_OK
+    if t.get("failed", 0) or summary.errors:
+        lines.append(f"failed lines and turns are listed in {summary.errors_file}")
+        status = EXIT_FAILED_LINES
+    if not t.get("scored", 0):
+        lines.append(
+            "warning: nothing was scored: no assistant turn with a non-null 'label' (NeMo form) or assistant message "
+            "(OpenAI form) was found or could be scored"
+        )
+        status = EXIT_FAILED_LINES
+    if summary.already_done:
+        lines.append("use --restart to redo it")
+    return "\n".join(lines), status
+
+
+async def cmd_annotate(args: argparse.Namespace) -> int:
+    from client.annotate import AnnotateError, AnnotateOptions, annotate_file, check_paths, paths
+
+    check_paths(Path(args.input), *paths(args.output, args.errors))  # before connecting
     async with _client(args) as client:
         meta = await client.metadata()
-        names = meta.attribute_names if args.all_attributes else meta.trained_attributes
+        if args.steerlm and len(meta.attribute_names) < 2:
+            raise AnnotateError(
+                f"--steerlm writes SteerLM attribute labels (helpfulness:3,...), but model '{meta.model}' has one "
+                f"output ({', '.join(meta.attribute_names)}): drop --steerlm to write its raw reward"
+            )
+        # SteerLM labels name every output, as NeMo-Aligner writes them
+        names = meta.attribute_names if args.all_attributes or args.steerlm else meta.trained_attributes
         window = max(64, 8 * args.concurrency)
         options = AnnotateOptions(
             attributes=tuple(names), steerlm=args.steerlm, truncate=args.truncate, window=window, batch_lines=window
@@ -228,21 +287,9 @@ async def cmd_annotate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             status=client.retry_status,
         )
-    if summary.already_done:
-        print(
-            f"{args.output}: already complete ({summary.ok} annotated, {summary.errors} failed); use --restart to redo",
-            file=sys.stderr,
-        )
-    else:
-        print(
-            f"{args.output}: {summary.ok} annotated, {summary.errors} failed, {summary.this_run} lines this run "
-            f"in {summary.seconds:.1f}s ({summary.conversations_per_second:.1f} conv/s)",
-            file=sys.stderr,
-        )
-    if summary.errors:
-        print(f"failed lines are listed in {summary.errors_file}", file=sys.stderr)
-        return EXIT_FAILED_LINES
-    return EXIT_OK
+    text, status = annotate_report(summary, args.output)
+    print(text, file=sys.stderr)
+    return status
 
 
 def _responses(args: argparse.Namespace) -> list[str]:
@@ -268,18 +315,36 @@ async def cmd_rank(args: argparse.Namespace) -> int:
 
     responses = _responses(args)
     async with _client(args) as client:
-        ranked = await rank_responses(
-            args.prompt, responses, lambda c: client.score(c), concurrency=args.concurrency, system=args.system
-        )
+        await client.metadata()  # connect (and say so while waiting) before the progress bar starts
+        show = not args.no_progress and len(responses) >= RANK_PROGRESS_FROM
+        with _bar("rank", len(responses), show, "resp") as bar:
+            ranked = await rank_responses(
+                args.prompt,
+                responses,
+                lambda c: client.score(c),
+                concurrency=args.concurrency,
+                system=args.system,
+                progress=lambda: bar.update(1),
+            )
     if args.json:
-        print(json.dumps([r.to_dict() for r in ranked], indent=2, ensure_ascii=False))
+        rows = [r.to_dict() for r in ranked]
+        if not args.all_attributes:  # the same attributes as `score --json`
+            for row, r in zip(rows, ranked, strict=True):
+                row["scores"] = r.score.trained
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         print(f"{'rank':>4} {'reward':>12} {'#':>4}  response")
         for r in ranked:
             text = " ".join(r.response.split())
             text = text if len(text) <= 70 else text[:67] + "..."
-            print(f"{r.rank:>4} {r.score.reward:>12.6g} {r.index:>4}  {text}")
+            print(f"{r.rank:>4} {r.score.reward:>12.4f} {r.index:>4}  {text}")
     return EXIT_OK
+
+
+def _bar(desc: str, total: int, enabled: bool, unit: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
 
 async def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -287,15 +352,34 @@ async def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.format == "rb2" or (args.format == "auto" and evaluate_v2.looks_like_v2(args.pairs)):
         return await evaluate_v2.run(args, _client(args))
-    from client.evaluate import dumps, evaluation_report, format_report, read_pairs, score_pairs
+    from client.evaluate import dumps, evaluation_report, format_report, pair_rows, read_pairs, score_pairs
+    from client.safe_paths import OutputPathError, check_outputs, part_path, write_text_beside
 
+    if args.output:
+        out = Path(args.output)
+        try:
+            check_outputs({"pairs file": Path(args.pairs)}, {"output": out, "partial output": part_path(out)})
+        except OutputPathError as e:
+            raise RecordError(str(e)) from None
     pairs, errors = read_pairs(args.pairs, args.system)
     async with _client(args) as client:
-        outcomes, failed = await score_pairs(
-            pairs, lambda c: client.score(c, truncate=args.truncate), concurrency=args.concurrency
-        )
+        if pairs:
+            await client.metadata()  # connect (and say so while waiting) before the progress bar starts
+        with _bar("evaluate", 2 * len(pairs), not args.no_progress and bool(pairs), "resp") as bar:
+            outcomes, failed = await score_pairs(
+                pairs,
+                lambda c: client.score(c, truncate=args.truncate),
+                concurrency=args.concurrency,
+                progress=lambda: bar.update(1),
+            )
     rep = evaluation_report(outcomes, errors + failed)
+    if args.output:
+        rows = pair_rows(outcomes, errors + failed)
+        write_text_beside(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(dumps(rep) if args.json else format_report(rep))
+    if not rep["pairs"]:
+        print("reward-client evaluate: warning: no pair was scored", file=sys.stderr)
+        return EXIT_FAILED_LINES
     return EXIT_FAILED_LINES if rep["errors"] else EXIT_OK
 
 
@@ -320,14 +404,14 @@ COMMANDS = {"score": cmd_score, "annotate": cmd_annotate, "rank": cmd_rank, "eva
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from client.annotate import AnnotateError
+    from client.annotate import AnnotateError, cli_wording
 
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except (RewardClientError, RecordError, AnnotateError, OSError) as e:
         kind = "rejected by the server" if isinstance(e, RequestRejected) else "error"
-        print(f"reward-client {args.command}: {kind}: {e}", file=sys.stderr)
+        print(f"reward-client {args.command}: {kind}: {cli_wording(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"reward-client {args.command}: interrupted", file=sys.stderr)

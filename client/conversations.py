@@ -1,13 +1,19 @@
-"""Conversations on the client side: read the OpenAI / NeMo JSON forms, cut NeMo records into the prefix
+"""Conversations on the client side: read the OpenAI / NeMo JSON forms, cut records into the prefix
 conversations that score each labelled assistant turn, and format annotation labels.
 
 The server does the templating and the full validation; this module only checks what it needs to build
 requests, and says where a record is malformed.
 
 NeMo record (NeMo-Aligner / HelpSteer2 jsonl line):
-`{"system": str, "conversations": [{"from": "User"|"Assistant", "value": str, "label": ...}], "mask": "User"}`.
-A turn is scored when it is an assistant turn (its `from` is not the mask) with a non-null `label`, exactly as
-NeMo-Aligner's annotation script selects them. It is scored on the prefix up to and including that turn.
+`{"system": str, "conversations": [{"from": str, "value": str, "label": ...}], "mask": "User"}`.
+As in NeMo-Aligner's annotation script, a turn whose `from` equals `mask` is the user's and every other turn is the
+assistant's (`"Bot"` with mask `"Human"`, `"assistant"` with mask `"user"`, ...); an assistant turn is scored when
+its `label` is present and not null. Requests are sent in the canonical form (`User` / `Assistant`, mask `User`),
+which the server templates exactly as NeMo-Aligner does.
+
+OpenAI record: `{"messages": [{"role": ..., "content": ...}, ...]}`: every assistant message is scored.
+
+Each scored turn is scored on the prefix up to and including it.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from reward_triton.serving.conversation import JSONTextError, decode_json
+from reward_triton.serving.conversation import ConversationError, JSONTextError, decode_json, form_of
 
 NEMO_DEFAULT_MASK = "User"
+NEMO_ASSISTANT = "Assistant"
 STEERLM_MIN, STEERLM_MAX = 0.0, 4.0
 
 
@@ -46,17 +54,11 @@ def parse_json(text: str | bytes) -> Any:
 
 
 def conversation_form(data: Any) -> str:
-    """'openai' or 'nemo' for a decoded conversation object; RecordError otherwise."""
-    if not isinstance(data, dict):
-        raise RecordError(f"a conversation must be a JSON object, got {type(data).__name__}")
-    has_openai, has_nemo = "messages" in data, "conversations" in data
-    if has_openai and has_nemo:
-        raise RecordError("a conversation has either 'messages' (OpenAI form) or 'conversations' (NeMo form), not both")
-    if has_openai:
-        return "openai"
-    if has_nemo:
-        return "nemo"
-    raise RecordError("a conversation needs 'messages' (OpenAI form) or 'conversations' (NeMo form)")
+    """'openai' or 'nemo' for a decoded conversation object (the server's detection); RecordError otherwise."""
+    try:
+        return form_of(data)
+    except ConversationError as e:
+        raise RecordError(str(e)) from None
 
 
 def _turns(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -80,33 +82,84 @@ def _mask(record: Mapping[str, Any]) -> str:
     return mask
 
 
+def record_form(record: Any) -> str:
+    """'nemo' or 'openai' for an annotation record; RecordError otherwise."""
+    if not isinstance(record, dict):
+        raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
+    form = conversation_form(record)
+    if form == "openai":
+        _messages(record)
+    else:
+        _turns(record)
+        _mask(record)
+    return form
+
+
+def _messages(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    messages = record.get("messages")
+    if not isinstance(messages, list):
+        raise RecordError("'messages' must be an array of messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RecordError(f"messages[{i}] must be an object")
+        if not isinstance(message.get("role"), str):
+            raise RecordError(f"messages[{i}].role must be a string")
+        if "content" not in message:
+            raise RecordError(f"messages[{i}].content is missing")
+    return messages
+
+
+def _is_assistant(record: Mapping[str, Any], form: str, turn: Mapping[str, Any]) -> bool:
+    return turn["role"] == "assistant" if form == "openai" else turn["from"] != _mask(record)
+
+
+def _turn_list(record: Mapping[str, Any], form: str) -> list[Mapping[str, Any]]:
+    return _messages(record) if form == "openai" else _turns(record)
+
+
 def labelled_turns(record: Mapping[str, Any]) -> list[int]:
-    """Indices of the assistant turns to score: `from` is not the mask and `label` is present and not null."""
-    mask = _mask(record)
-    return [i for i, t in enumerate(_turns(record)) if t["from"] != mask and t.get("label") is not None]
+    """Indices of the assistant turns to score: NeMo form, `from` is not the mask and `label` is present and not
+    null; OpenAI form, every assistant message."""
+    form = record_form(record)
+    return [
+        i
+        for i, t in enumerate(_turn_list(record, form))
+        if _is_assistant(record, form, t) and (form == "openai" or t.get("label") is not None)
+    ]
+
+
+def skipped_turns(record: Mapping[str, Any]) -> int:
+    """Assistant turns that are not scored (NeMo form: `label` absent or null)."""
+    form = record_form(record)
+    turns = _turn_list(record, form)
+    return sum(1 for t in turns if _is_assistant(record, form, t)) - len(labelled_turns(record))
 
 
 def prefix_conversation(record: Mapping[str, Any], turn_index: int) -> dict[str, Any]:
-    """The NeMo-form conversation up to and including turn `turn_index` (labels stripped; no system → default)."""
-    turns = _turns(record)
+    """The conversation up to and including turn `turn_index`, labels stripped; NeMo form in canonical speakers
+    (`User` for the mask, `Assistant` for every other speaker); no system → the model's default."""
+    form = record_form(record)
+    turns = _turn_list(record, form)
     if not 0 <= turn_index < len(turns):
         raise RecordError(f"turn {turn_index} is out of range (the record has {len(turns)} turns)")
+    if form == "openai":
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in turns[: turn_index + 1]]}
     out: dict[str, Any] = {}
     if record.get("system") is not None:
         if not isinstance(record["system"], str):
             raise RecordError("'system' must be a string")
         out["system"] = record["system"]
-    out["conversations"] = [{"from": t["from"], "value": t["value"]} for t in turns[: turn_index + 1]]
-    out["mask"] = _mask(record)
+    mask = _mask(record)
+    out["conversations"] = [
+        {"from": NEMO_DEFAULT_MASK if t["from"] == mask else NEMO_ASSISTANT, "value": t["value"]}
+        for t in turns[: turn_index + 1]
+    ]
+    out["mask"] = NEMO_DEFAULT_MASK
     return out
 
 
 def scoring_requests(record: Any) -> list[tuple[int, dict[str, Any]]]:
-    """(turn index, prefix conversation) for every labelled assistant turn of a NeMo record, in turn order."""
-    if not isinstance(record, dict):
-        raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
-    if "conversations" not in record:
-        raise RecordError("the record has no 'conversations' (NeMo form expected)")
+    """(turn index, prefix conversation) for every turn to score of a NeMo or OpenAI record, in turn order."""
     return [(i, prefix_conversation(record, i)) for i in labelled_turns(record)]
 
 
@@ -120,6 +173,11 @@ def format_value(value: float) -> str:
 def steerlm_value(value: float) -> int:
     """NeMo-Aligner's SteerLM label value: clamp to [0, 4], then round half to even."""
     return round(min(STEERLM_MAX, max(STEERLM_MIN, float(value))))
+
+
+def label_values(scores: Mapping[str, float], names: Sequence[str], steerlm: bool = False) -> dict[str, float]:
+    """The values `format_label` writes, as numbers (SteerLM integers with `steerlm`)."""
+    return {n: float(steerlm_value(scores[n])) if steerlm else float(scores[n]) for n in names}
 
 
 def format_label(scores: Mapping[str, float], names: Sequence[str], steerlm: bool = False) -> str:
@@ -143,13 +201,37 @@ def parse_label(label: str) -> dict[str, float]:
     return out
 
 
-def apply_labels(record: dict[str, Any], labels: Mapping[int, str]) -> dict[str, Any]:
-    """A copy of the record whose turns at the given indices get the new label strings."""
+@dataclass(frozen=True)
+class TurnLabel:
+    """What annotation writes on one scored turn: its label, or why it has none, and whether the scored
+    conversation was shortened (`--truncate` dropped its oldest turns)."""
+
+    label: str | None
+    error: str | None = None
+    truncated: bool = False
+
+
+LABEL_KEY, ERROR_KEY, TRUNCATED_KEY = "label", "label_error", "label_truncated"
+
+
+def apply_labels(record: dict[str, Any], labels: Mapping[int, TurnLabel | str]) -> dict[str, Any]:
+    """A copy of the record whose turns at the given indices get their new labels (NeMo `conversations` turns or
+    OpenAI `messages`): `label` is the label string, or null with `label_error` giving the reason when the turn
+    could not be scored; `label_truncated: true` marks a label scored on a shortened conversation."""
+    key = "messages" if "messages" in record else "conversations"
     out = dict(record)
-    turns = [dict(t) for t in record["conversations"]]
-    for i, label in labels.items():
-        turns[i]["label"] = label
-    out["conversations"] = turns
+    turns = [dict(t) for t in record[key]]
+    for i, value in labels.items():
+        item = value if isinstance(value, TurnLabel) else TurnLabel(value)
+        turn = turns[i]
+        turn.pop(ERROR_KEY, None)
+        turn.pop(TRUNCATED_KEY, None)
+        turn[LABEL_KEY] = item.label
+        if item.error is not None:
+            turn[ERROR_KEY] = item.error
+        if item.truncated:
+            turn[TRUNCATED_KEY] = True
+    out[key] = turns
     return out
 
 

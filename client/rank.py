@@ -35,12 +35,21 @@ def order(rewards: Sequence[float]) -> list[int]:
 
 
 async def rank_responses(
-    prompt: str, responses: Sequence[str], score: ScoreFn, *, concurrency: int = 16, system: str | None = None
+    prompt: str,
+    responses: Sequence[str],
+    score: ScoreFn,
+    *,
+    concurrency: int = 16,
+    system: str | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> list[Ranked]:
-    """Every candidate scored as the assistant's reply to `prompt`; a rejected candidate raises its error."""
+    """Every candidate scored as the assistant's reply to `prompt`; a rejected candidate raises its error.
+    `progress` is called once per candidate scored."""
     conversations = [openai_prompt_and_response(prompt, r, system) for r in responses]
     scores: list[Score | None] = [None] * len(responses)
     async for i, result in bounded_map(score, conversations, limit=concurrency):
+        if progress is not None:
+            progress()
         if isinstance(result, Exception):
             raise type(result)(f"candidate {i}: {result}")
         scores[i] = result

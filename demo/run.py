@@ -53,4 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reward_triton.ops.signals import run_stoppable
+
+    sys.exit(run_stoppable(main, "demo"))

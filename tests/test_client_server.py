@@ -25,6 +25,7 @@ from build_engine.repository import RenderOptions
 from client import conversations as cv
 from client.annotate import paths
 from client.api import RewardClient, Score
+from client.safe_paths import part_path
 
 pytestmark = pytest.mark.server
 
@@ -32,6 +33,7 @@ REWARD_CLIENT = Path(sys.executable).with_name("reward-client")
 SYSTEM = "Be brief."
 PROMPT = "2 + 2?"
 CANDIDATES = ["4", "5", "four", "I do not know.", "22", "It is 4.", "2 + 2 = 4", "no"]
+TRAINED_NAMES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 BAD_LINES = {17: "json", 58: "long", 101: "sender", 150: "shape"}
 
 
@@ -76,19 +78,22 @@ def test_annotate_resumes_after_sigkill_byte_for_byte(triton, tmp_path):
     # reference run one request at a time; the killed run and the resume batch on the server (other concurrencies)
     first = cli(triton, "--concurrency", "1", *args, str(whole), "--no-progress")
     assert first.returncode == 1, first.stderr  # some lines failed
-    assert "196 annotated, 4 failed" in first.stderr
+    # 17 and 150 cannot be read; 58's over-long turn is marked in its record; 101's "Robot" is an assistant speaker
+    assert "198 records written, 2 unreadable lines; turns:" in first.stderr and "1 failed" in first.stderr
 
     proc = subprocess.Popen([str(REWARD_CLIENT), "--url", triton.grpc_url, "--concurrency", "2", *args, str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 40):
+    partial = part_path(out)  # OUT.part until the job completes
+    while time.monotonic() < deadline and (not partial.exists() or partial.read_bytes().count(b"\n") < 40):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert b"conv/s" in stderr and b"/200" in stderr  # the progress bar (rate, total) was running
-    killed_at = out.read_bytes().count(b"\n")
-    assert 40 <= killed_at < 196, f"the kill should land mid-run, output had {killed_at} lines"
+    assert not out.exists()
+    killed_at = partial.read_bytes().count(b"\n")
+    assert 40 <= killed_at < 198, f"the kill should land mid-run, output had {killed_at} lines"
 
     resumed = cli(triton, "--concurrency", "8", *args, str(out), "--no-progress")
     assert resumed.returncode == 1, resumed.stderr
@@ -96,19 +101,24 @@ def test_annotate_resumes_after_sigkill_byte_for_byte(triton, tmp_path):
     errors_file = paths(out)[1]
     assert errors_file.read_bytes() == paths(whole)[1].read_bytes()
 
-    errors = {e["line"]: e["error"] for e in map(json.loads, errors_file.read_text().splitlines())}
-    assert sorted(errors) == sorted(BAD_LINES)
+    entries = [json.loads(x) for x in errors_file.read_text().splitlines()]
+    errors = {e["line"]: e["error"] for e in entries}
+    assert sorted(errors) == [17, 58, 150]
     assert "not valid JSON" in errors[17]
-    assert "tokens" in errors[58] and "maximum input length" in errors[58]
-    assert "Robot" in errors[101]
-    assert "conversations" in errors[150]
+    assert "tokens" in errors[58] and "maximum input length" in errors[58] and "use --truncate" in errors[58]
+    assert "'messages' must be an array" in errors[150]
+    long_turn = next(e["turn"] for e in entries if e["line"] == 58)
+    record58 = json.loads(out.read_text().splitlines()[56])
+    assert record58["conversations"][long_turn]["label"] is None
+    assert record58["conversations"][long_turn]["label_error"] == errors[58]
+    assert record58["conversations"][1]["label"] is None  # 58 % 3 != 0: its first assistant turn is unlabelled
 
     again = cli(triton, *args, str(out), "--no-progress")
     assert again.returncode == 1 and "already complete" in again.stderr
     assert out.read_bytes() == whole.read_bytes()
 
     # the labels are the served scores of each labelled prefix, trained attributes, raw floats
-    good = [n for n in range(1, 201) if n not in BAD_LINES]
+    good = [n for n in range(1, 201) if n not in (17, 150)]
     lines = out.read_text().splitlines()
     assert len(lines) == len(good)
     checks = [(good[k], json.loads(lines[k])) for k in (0, 1, 2, 100)]
@@ -127,7 +137,7 @@ def test_annotate_steerlm_labels(triton, tmp_path):
     src = tmp_path / "in.jsonl"
     write_conversations(src, 6)
     out = tmp_path / "out.jsonl"
-    run = cli(triton, "annotate", str(src), str(out), "--steerlm", "--all-attributes", "--no-progress")
+    run = cli(triton, "annotate", str(src), str(out), "--steerlm", "--no-progress")  # every attribute, as NeMo-Aligner
     assert run.returncode == 0, run.stderr
     records = [json.loads(x) for x in out.read_text().splitlines()]
     labels = [t["label"] for r in records for t in r["conversations"] if t.get("label") is not None]
@@ -173,7 +183,7 @@ def test_evaluate_matches_hand_computed_report(triton, tmp_path):
                     pair["chosen"] = exchange(chosen)["messages"]
                     pair["rejected"] = exchange(rejected)["messages"]
                 f.write(json.dumps(pair) + "\n")
-        f.write(json.dumps({"prompt": PROMPT, "chosen": "4", "rejected": "5"}) + "\n")  # no subset: an error
+        f.write(json.dumps({"prompt": PROMPT, "chosen": "4", "rejected": "5", "subset": 7}) + "\n")  # an error
 
     run = cli(triton, "--concurrency", "1", "evaluate", str(pairs), "--system", SYSTEM, "--json")
     assert run.returncode == 1, run.stderr  # one unreadable pair
@@ -202,6 +212,92 @@ def test_evaluate_matches_hand_computed_report(triton, tmp_path):
     assert f"{100 * (chat + safety + reasoning) / 3:.2f}" in table.stdout
 
 
+def test_evaluate_plain_pairs_one_section_all_and_per_pair_output(triton, tmp_path):
+    """Pairs without a subset: one section "all" whose overall is the accuracy; --output rows carry the served
+    rewards and margins; --output may not be the pairs file."""
+    served = dict(zip(CANDIDATES, (s.reward for s in score_all(triton, [exchange(c) for c in CANDIDATES])),
+                      strict=True))  # fmt: skip
+    plan = [(CANDIDATES[a], CANDIDATES[b]) for a, b in ((0, 1), (1, 0), (2, 3), (4, 4), (5, 6))]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": PROMPT, "chosen": c, "rejected": r}) + "\n" for c, r in plan))
+    out = tmp_path / "per-pair.jsonl"
+    run = cli(triton, "evaluate", str(pairs), "--system", SYSTEM, "--json", "--output", str(out), "--no-progress")
+    assert run.returncode == 0, run.stderr
+    rep = json.loads(run.stdout)
+    right = [served[c] > served[r] for c, r in plan]
+    assert rep["sections"] == {"all": pytest.approx(sum(right) / 5)} and rep["overall"] == pytest.approx(sum(right) / 5)
+    assert rep["subsets"]["all"]["total"] == 5 and rep["unmapped_subsets"] == []
+    assert rep["rewards"]["margin"]["n"] == 5
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
+    for row, (c, r), ok in zip(rows, plan, right, strict=True):
+        assert (row["chosen"], row["rejected"], row["correct"]) == (served[c], served[r], ok)
+        assert row["margin"] == pytest.approx(served[c] - served[r]) and row["subset"] == "all"
+    assert not part_path(out).exists()
+    table = cli(triton, "evaluate", str(pairs), "--system", SYSTEM, "--no-progress")
+    assert f"{'Overall (all pairs)':<28} {100 * sum(right) / 5:>8.2f}" in table.stdout
+    assert "margin" in table.stdout and "chosen helpfulness" in table.stdout and "mean" in table.stdout
+
+    before = pairs.read_bytes()
+    same = cli(triton, "evaluate", str(pairs), "--output", str(pairs))
+    assert same.returncode == 2 and "same file as pairs file" in same.stderr and pairs.read_bytes() == before
+
+
+def test_steerlm_and_score_on_a_one_output_model(tmp_path_factory, tmp_path):
+    """Llama2-13B-RLHF-RM's shape (one output, 'reward'): --steerlm is refused, score prints 'reward' once."""
+    options = RenderOptions(torch_threads=1, torch_batch_invariant=True)
+    with serve_fixture(tmp_path_factory.mktemp("client-llama"), arch="llama", options=options) as llama:
+        src = tmp_path / "in.jsonl"
+        write_conversations(src, 2)
+        run = cli(llama, "annotate", str(src), str(tmp_path / "out.jsonl"), "--steerlm", "--no-progress")
+        assert run.returncode == 2 and "one output (reward): drop --steerlm" in run.stderr, run.stderr
+        assert not (tmp_path / "out.jsonl").exists()
+        plain = cli(llama, "annotate", str(src), str(tmp_path / "out.jsonl"), "--no-progress")
+        assert plain.returncode == 0, plain.stderr
+        score = cli(llama, "score", json.dumps(exchange("4")))
+        assert score.returncode == 0 and [ln.split()[0] for ln in score.stdout.splitlines()].count("reward") == 1
+
+
+def test_annotate_the_demo_samples_openai_messages(tmp_path_factory, tmp_path):
+    """demo/samples.jsonl (OpenAI `messages` records, as `score` takes them) on the demo model it was written for:
+    every assistant message labelled with the served scores of its prefix; the other keys kept."""
+    from build_engine.convert import convert
+
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("client-demo")
+    ckpt = convert(root / "demo" / "checkpoint", work / "checkpoint", dtype="bfloat16", progress=False)
+    options = RenderOptions(torch_threads=1, torch_batch_invariant=True)
+    with serve_fixture(work, checkpoint=ckpt, options=options) as demo:
+        src = root / "demo" / "samples.jsonl"
+        out = tmp_path / "out.jsonl"
+        run = cli(demo, "annotate", str(src), str(out), "--no-progress")
+        assert run.returncode == 0, run.stderr
+        originals = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
+        records = [json.loads(x) for x in out.read_text().splitlines()]
+        assert len(records) == len(originals) == 14
+        assert "14 records written, 0 unreadable lines; turns: 14 scored" in run.stderr
+        prefixes = [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+                    for r in originals]  # fmt: skip
+        for record, original, score in zip(records, originals, score_all(demo, prefixes), strict=True):
+            assert record["name"] == original["name"]
+            assert cv.parse_label(record["messages"][-1]["label"]) == score.trained
+            assert all("label" not in m for m in record["messages"][:-1])
+
+
+def test_progress_bars_on_rank_of_many_and_evaluate(triton, tmp_path):
+    many = [f"{k} + {k}" for k in range(40)]
+    run = cli(triton, "rank", PROMPT, *many, "--json")
+    assert run.returncode == 0 and "rank: 100%" in run.stderr and "40/40" in run.stderr, run.stderr
+    assert len(json.loads(run.stdout)) == 40
+    few = cli(triton, "rank", PROMPT, *many[:3])
+    assert few.returncode == 0 and "rank:" not in few.stderr
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": PROMPT, "chosen": "4", "rejected": "5"}) + "\n")
+    ev = cli(triton, "evaluate", str(pairs))
+    assert ev.returncode == 0 and "evaluate: 100%" in ev.stderr and "2/2" in ev.stderr, ev.stderr
+    assert "evaluate:" not in cli(triton, "evaluate", str(pairs), "--no-progress").stderr
+
+
 # ---- rank: best-of-n by the served reward ----
 def test_rank_orders_candidates_by_served_reward(triton):
     run = cli(triton, "rank", PROMPT, *CANDIDATES, "--system", SYSTEM, "--json", "--concurrency", "1")
@@ -213,8 +309,11 @@ def test_rank_orders_candidates_by_served_reward(triton):
     assert [r["rank"] for r in ranked] == list(range(1, len(CANDIDATES) + 1))
     assert [r["reward"] for r in ranked] == [served[i] for i in expected]
     assert [r["response"] for r in ranked] == [CANDIDATES[i] for i in expected]
+    assert all(list(r["scores"]) == list(TRAINED_NAMES) for r in ranked)  # the same attributes as score --json
     table = cli(triton, "rank", PROMPT, *CANDIDATES[:3], "--system", SYSTEM)
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:2] == ["rank", "reward"]
+    rewards = [line.split()[1] for line in table.stdout.splitlines()[1:]]
+    assert all(len(r.split(".")[1]) == 4 for r in rewards), rewards  # one precision for every row
 
 
 # ---- score and info ----
@@ -233,10 +332,18 @@ def test_score_cli_openai_and_nemo_forms(triton, tmp_path):
     table = subprocess.run([str(REWARD_CLIENT), "--url", triton.grpc_url, "score", "--all-attributes"],
                            input=json.dumps(nemo), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert table.returncode == 0 and "quality" in table.stdout and "num_input_tokens" in table.stdout
+    bot = {
+        "system": SYSTEM,
+        "mask": "Human",
+        "conversations": [{"from": "Human", "value": PROMPT}, {"from": "Bot", "value": "4", "label": None}],
+    }
+    c = cli(triton, "score", json.dumps(bot), "--json")  # NeMo-Aligner's speakers: any non-mask one is the assistant
+    assert c.returncode == 0 and json.loads(c.stdout) == da, c.stderr
     too_long = cli(triton, "score", json.dumps(exchange("word " * 300)))
     assert too_long.returncode == 2 and "rejected by the server" in too_long.stderr
     info = json.loads(cli(triton, "info").stdout)
-    assert info["trained_attributes"] == ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+    assert info["trained_attributes"] == list(TRAINED_NAMES)
+    assert json.loads(cli(triton, "info", "--json").stdout) == info
 
 
 # ---- NeMo-Aligner's annotation client against `reward_model` ----

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,13 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from client_fakes import TRAINED, FakeScorer, fake_scores, nemo_record, write_conversations
+from client_fakes import TOO_LONG, TRAINED, FakeScorer, fake_scores, nemo_record, write_conversations
 
 from client import conversations as cv
 from client import rewardbench as rb
 from client.annotate import AnnotateError, AnnotateOptions, Checkpoint, annotate_file, paths
 from client.api import ModelMetadata, RequestRejected, RetryPolicy, RewardClient, ServerFailure, f32
 from client.rank import order
+from client.safe_paths import part_path
 
 HERE = Path(__file__).parent
 
@@ -57,7 +59,8 @@ def test_prefixes_cover_labelled_assistant_turns_only():
     "record, message",
     [
         ([1], "JSON object"),
-        ({"messages": []}, "no 'conversations'"),
+        ({"messages": {}}, "'messages' must be an array"),
+        ({"turns": []}, "needs 'messages'"),
         ({"conversations": {}}, "array"),
         ({"conversations": [{"from": "User"}]}, "conversations[0].value"),
         ({"conversations": [], "mask": 3}, "'mask'"),
@@ -234,22 +237,34 @@ def test_annotate_labels_in_input_order_and_lists_bad_lines(tmp_path):
     bad = write_conversations(src, 30, {4: "json", 11: "long", 17: "shape"})
     out, err, ckpt = paths(tmp_path / "out.jsonl")
     summary = _annotate(src, out)
-    assert (summary.lines, summary.ok, summary.errors) == (30, 27, 3)
+    # line 11 is written with its over-long last turn marked; lines 4 and 17 cannot be read
+    assert (summary.lines, summary.ok, summary.errors) == (30, 28, 2)
+    assert summary.turns["failed"] == 1 and summary.turns["truncated"] == 0
     lines = out.read_text().splitlines()
-    inputs = [json.loads(x) for i, x in enumerate(src.read_text().splitlines(), 1) if i not in bad]
-    assert len(lines) == 27
-    for raw, original in zip(lines, inputs, strict=True):
+    originals = [json.loads(x) for i, x in enumerate(src.read_text().splitlines(), 1) if i not in (4, 17)]
+    assert len(lines) == 28
+    scored = skipped = 0
+    for raw, original in zip(lines, originals, strict=True):
         record = json.loads(raw)
         for i, (turn, before) in enumerate(zip(record["conversations"], original["conversations"], strict=True)):
             if before.get("label") is None:
                 assert turn.get("label") == before.get("label")
+                skipped += before["from"] == "Assistant"
+                continue
+            if TOO_LONG in before["value"]:
+                assert turn["label"] is None and "tokens" in turn["label_error"]
                 continue
             prefix = cv.prefix_conversation(original, i)
             assert cv.parse_label(turn["label"]) == {n: fake_scores(prefix)[n] for n in TRAINED}
+            assert "label_error" not in turn and "label_truncated" not in turn
+            scored += 1
+    assert (summary.turns["scored"], summary.turns["skipped"]) == (scored, skipped)
     errors = [json.loads(x) for x in err.read_text().splitlines()]
     assert [e["line"] for e in errors] == bad
-    assert "not valid JSON" in errors[0]["error"] and "turn" in errors[1]["error"] and "tokens" in errors[1]["error"]
+    assert "not valid JSON" in errors[0]["error"] and "tokens" in errors[1]["error"]
+    assert errors[1]["turn"] == len(originals[9]["conversations"]) - 1 and "turn" not in errors[0]
     assert json.loads(ckpt.read_text())["done"] is True
+    assert not part_path(out).exists() and not part_path(err).exists()
     again = _annotate(src, out)  # a rerun of a finished job changes nothing
     assert again.already_done and out.read_text().splitlines() == lines
 
@@ -322,11 +337,13 @@ def test_annotate_survives_sigkill_of_the_process(tmp_path):
     subprocess.run([*script, str(whole), "0", "1000"], check=True, timeout=120)
     proc = subprocess.Popen([*script, str(out), "0.02", "8"])
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 60):
+    partial = part_path(out)  # OUT is written beside, as OUT.part, until the job completes
+    while time.monotonic() < deadline and (not partial.exists() or partial.read_bytes().count(b"\n") < 60):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = out.read_bytes().count(b"\n")
+    assert not out.exists()
+    killed_at = partial.read_bytes().count(b"\n")
     assert 60 <= killed_at < 398, killed_at  # the kill landed mid-run
     subprocess.run([*script, str(out), "0", "64"], check=True, timeout=120)
     assert out.read_bytes() == whole.read_bytes()
@@ -348,14 +365,16 @@ def test_pairs_string_and_message_sides(tmp_path):
         {"prompt": "q", "chosen": "good", "rejected": "bad", "subset": "hep-go", "id": 7},
         {"chosen": msgs, "rejected": msgs, "subset": "donotanswer"},
         {"prompt": "q", "chosen": "good", "rejected": 3, "subset": "hep-go"},
-        {"prompt": "q", "chosen": "good", "rejected": "bad"},
+        {"prompt": "q", "chosen": "good", "rejected": "bad"},  # a plain pair: subset "all"
+        {"prompt": "q", "chosen": "good", "rejected": "bad", "subset": 3},
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\nnot json\n")
     pairs, errors = read_pairs(path, system="S")
     assert pairs[0].chosen == cv.openai_prompt_and_response("q", "good", "S") and pairs[0].id == 7
     assert pairs[1].rejected == {"messages": msgs} and pairs[1].line == 2
-    assert [(e["line"], e["error"].split()[0]) for e in errors] == [(3, "'rejected'"), (4, "'subset'"), (6, "not")]
+    assert pairs[2].subset == "all" and pairs[2].line == 4
+    assert [(e["line"], e["error"].split()[0]) for e in errors] == [(3, "'rejected'"), (5, "'subset'"), (7, "not")]
 
 
 def test_score_pairs_and_rank_with_fake_scorer():
@@ -402,3 +421,217 @@ def test_cli_reports_an_unreachable_server_with_exit_2(capsys):
     err = capsys.readouterr().err
     assert "UNAVAILABLE" in err and "after 2 tries" in err
     assert main(["score", "neither json nor a file"]) == 2
+
+
+# ---- annotate never destroys its input; NeMo-Aligner's and OpenAI's record forms ----
+def _same_file_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    src = tmp_path / "in.jsonl"
+    (tmp_path / "link.jsonl").symlink_to(src)
+    os.link(src, tmp_path / "hard.jsonl")
+    (tmp_path / "sub").mkdir()
+    return [
+        ([str(src), str(src)], "output"),
+        ([str(src), str(src), "--restart"], "output"),
+        ([str(src), str(tmp_path / "link.jsonl"), "--restart"], "output"),
+        ([str(src), str(tmp_path / "hard.jsonl"), "--restart"], "output"),
+        ([str(src), str(tmp_path / "sub" / ".." / "in.jsonl"), "--restart"], "output"),
+        ([str(src), str(tmp_path / "o.jsonl"), "--errors", str(src), "--restart"], "errors file"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_annotate_refuses_to_write_over_its_input(tmp_path, capsys, case):
+    """Same path, symlink, hard link, `..` detour, --errors on the input: refused before connecting, input intact,
+    the message names the resolved path."""
+    from client.cli import main
+
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 3)
+    before = src.read_bytes()
+    args, label = _same_file_cases(tmp_path)[case]
+    assert main(["--url", "127.0.0.1:1", "annotate", *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{label} " in err and "same file as input" in err and str(src.resolve()) in err, err
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.jsonl", "in.jsonl", "link.jsonl", "sub"]
+
+
+def test_annotate_refuses_an_input_that_is_the_partial_output_and_a_missing_folder(tmp_path, capsys):
+    from client.cli import main
+
+    src = tmp_path / "o.jsonl.part"
+    write_conversations(src, 3)
+    with pytest.raises(AnnotateError, match="partial output .* is the same file as input"):
+        _annotate(src, tmp_path / "o.jsonl")
+    assert main(["--url", "127.0.0.1:1", "annotate", str(src), str(tmp_path / "nope" / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {tmp_path / 'nope'} does not exist" in err and ".tmp" not in err, err
+
+
+def test_annotate_restart_keeps_the_old_output_until_the_new_one_is_complete(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 40)
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    with pytest.raises(RuntimeError, match="fake transport failure"):
+        _annotate(src, out, FakeScorer(fail_after=20), restart=True)
+    assert out.read_text() == "precious\n" and part_path(out).exists()
+    _annotate(src, out)  # resumes the restarted run
+    assert len(out.read_text().splitlines()) == 40 and not part_path(out).exists()
+
+
+def test_annotate_input_changed_after_finishing_names_sizes_not_the_same_path_twice(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 4)
+    out = tmp_path / "out.jsonl"
+    _annotate(src, out)
+    size = src.stat().st_size
+    with open(src, "a") as f:
+        f.write(json.dumps(nemo_record(9)) + "\n")
+    with pytest.raises(AnnotateError) as e:
+        _annotate(src, out)
+    message = str(e.value)
+    assert message.count(str(src.resolve())) == 1 and f"{size} bytes" in message and "finished" in message
+
+
+LENIENT = [  # NeMo-Aligner: every speaker but the mask is the assistant; any non-null label is scored
+    {"mask": "Human", "conversations": [{"from": "Human", "value": "hi"}, {"from": "Bot", "value": "yo", "label": 0}]},
+    {"mask": "user", "system": "S",
+     "conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": "a", "label": {"x": 1}},
+                       {"from": "user", "value": "q2"}, {"from": "assistant", "value": "a2", "label": None}]},
+    {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
+                  {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"},
+                  {"role": "assistant", "content": "a2", "name": "bot"}], "name": "sample"},
+]  # fmt: skip
+
+
+def test_annotate_accepts_nemo_aligner_speakers_and_openai_messages(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in LENIENT))
+    out = tmp_path / "out.jsonl"
+    summary = _annotate(src, out)
+    assert (summary.ok, summary.errors) == (3, 0)
+    assert summary.turns == {"scored": 4, "skipped": 1, "failed": 0, "truncated": 0}
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    # requests go out in the canonical NeMo speakers the server templates; OpenAI prefixes keep role/content only
+    expect = [
+        (0, 1, {"conversations": [{"from": "User", "value": "hi"}, {"from": "Assistant", "value": "yo"}],
+                "mask": "User"}),
+        (1, 1, {"system": "S", "mask": "User",
+                "conversations": [{"from": "User", "value": "q"}, {"from": "Assistant", "value": "a"}]}),
+        (2, 2, {"messages": LENIENT[2]["messages"][:3]}),
+        (2, 4, {"messages": [*LENIENT[2]["messages"][:4], {"role": "assistant", "content": "a2"}]}),
+    ]  # fmt: skip
+    for k, turn, prefix in expect:
+        key = "messages" if "messages" in records[k] else "conversations"
+        label = records[k][key][turn]["label"]
+        assert cv.parse_label(label) == {n: fake_scores(prefix)[n] for n in TRAINED}
+    assert records[1]["conversations"][3]["label"] is None and "label_error" not in records[1]["conversations"][3]
+    assert records[2]["messages"][0] == LENIENT[2]["messages"][0] and records[2]["name"] == "sample"
+    assert records[0]["conversations"][1]["from"] == "Bot"  # the record's own speakers are kept
+
+
+def test_annotate_marks_truncated_labels_and_counts_nothing_scored(tmp_path, capsys):
+    from client.api import Score
+    from client.cli import annotate_report
+
+    async def truncating(conversation):
+        scores = fake_scores(conversation)
+        return Score(scores=scores, reward=0.0, num_input_tokens=1, truncated=True, trained_attributes=TRAINED)
+
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 3)
+    out = tmp_path / "out.jsonl"
+    summary = _annotate(src, out, truncating)
+    turns = [t for line in out.read_text().splitlines() for t in json.loads(line)["conversations"]]
+    labelled = [t for t in turns if t.get("label") is not None]
+    assert labelled and all(t["label_truncated"] is True for t in labelled)
+    assert summary.turns["truncated"] == summary.turns["scored"] == len(labelled)
+    text, status = annotate_report(summary, str(out))
+    assert status == 0 and f"{len(labelled)} scored ({len(labelled)} of them truncated)" in text
+
+    empty = tmp_path / "none.jsonl"
+    empty.write_text(
+        json.dumps({"conversations": [{"from": "User", "value": "q"}, {"from": "Assistant", "value": "a"}]}) + "\n"
+    )
+    summary = _annotate(empty, tmp_path / "none-out.jsonl")
+    text, status = annotate_report(summary, "none-out.jsonl")
+    assert status == 1 and "nothing was scored" in text and "0 scored" in text and "1 skipped" in text
+
+
+def test_annotate_value_table_is_mean_min_max_of_the_written_labels(tmp_path):
+    from client.cli import annotate_report
+
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 12)
+    out = tmp_path / "out.jsonl"
+    summary = _annotate(src, out, options=AnnotateOptions(attributes=TRAINED, steerlm=True, batch_lines=2))
+    written = [cv.parse_label(t["label"]) for line in out.read_text().splitlines()
+               for t in json.loads(line)["conversations"] if t.get("label") is not None]  # fmt: skip
+    for name in TRAINED:
+        values = [w[name] for w in written]
+        count, total, low, high = summary.stats[name]
+        assert (count, low, high) == (len(values), min(values), max(values))
+        assert total / count == pytest.approx(sum(values) / len(values))
+    text, _ = annotate_report(summary, str(out))
+    assert "mean" in text and all(name in text for name in TRAINED)
+
+
+# ---- with no server: say so at once, and stop cleanly on Ctrl-C ----
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_client_says_it_is_waiting_within_a_second_of_the_first_failed_connection():
+    port = _dead_port()
+    said: list[tuple[float, str]] = []
+
+    async def run() -> float:
+        client = RewardClient(
+            f"127.0.0.1:{port}", retry=RetryPolicy(max_wait=3.0), notify=lambda t: said.append((time.monotonic(), t))
+        )
+        started = time.monotonic()
+        async with client:
+            with pytest.raises(ServerFailure, match="UNAVAILABLE"):
+                await client.metadata()
+        return started
+
+    started = asyncio.run(run())
+    assert len(said) == 1, said
+    when, text = said[0]
+    assert when - started < 1.0, when - started
+    assert text.startswith(f"waiting for 127.0.0.1:{port} (UNAVAILABLE") and "(Ctrl-C to stop)" in text
+
+
+@pytest.mark.parametrize("command", ["score", "annotate", "rank", "evaluate", "info"])
+def test_every_command_says_waiting_then_stops_on_ctrl_c_without_traceback(tmp_path, command):
+    reward_client = Path(sys.executable).with_name("reward-client")
+    src = tmp_path / "in.jsonl"
+    write_conversations(src, 2)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    args = {
+        "score": ['{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'],
+        "annotate": [str(src), str(tmp_path / "out.jsonl"), "--no-progress"],
+        "rank": ["p", "a", "b"],
+        "evaluate": [str(pairs)],
+        "info": [],
+    }[command]
+    port = _dead_port()
+    proc = subprocess.Popen(
+        [str(reward_client), "--url", f"127.0.0.1:{port}", "--retry-for", "120", command, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the first thing the command says
+    assert line.startswith(f"reward-client {command}: waiting for 127.0.0.1:{port}") and "Ctrl-C to stop" in line
+    assert proc.poll() is None  # still waiting, as it said
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(30) == 130, rest
+    assert "Traceback" not in rest and "interrupted" in rest, rest

@@ -30,6 +30,7 @@ from triton_server import RUNNING, RunningServer, serve_fixture
 from build_engine.repository import RenderOptions
 from client.api import retryable
 from client.conversations import openai_prompt_and_response
+from client.safe_paths import part_path
 from reward_triton.ops import supervisor
 from reward_triton.ops.server import ServerProcess
 
@@ -241,7 +242,8 @@ def test_annotate_rides_out_a_server_kill(server: RunningServer, tmp_path: Path)
 
     job = subprocess.Popen([*cmd, str(out), "--no-progress"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline:
+    partial = part_path(out)  # OUT is written as OUT.part until the job completes
+    while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert job.poll() is None, "the job ended before the server could be killed"
     assert server.process.proc is not None
@@ -250,6 +252,7 @@ def test_annotate_rides_out_a_server_kill(server: RunningServer, tmp_path: Path)
     _, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr
     assert "server unavailable, retrying" in stderr and "server back" in stderr, stderr
+    assert "waiting for" in stderr and "connected to" in stderr, stderr
     assert out.read_bytes() == whole.read_bytes()
 
 

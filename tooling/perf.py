@@ -402,4 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reward_triton.ops.signals import run_stoppable
+
+    sys.exit(run_stoppable(main, "perf"))

@@ -232,12 +232,13 @@ def openai_command(hosts: Sequence[Host] | None, opts: LaunchOptions) -> list[st
 def run_supervised(cmd: list[str], leader_http: str, gateway_cmd: list[str] | None = None) -> int:
     """Run mpirun under `reward_triton.ops.supervisor` (restarted whole when it fails after having served, e.g. a rank
     whose stub died), with the gateway beside it when asked; mpirun's status once it is stopped."""
+    from reward_triton.ops.signals import die_with_parent
     from reward_triton.ops.supervisor import Supervisor
 
     job = Supervisor(cmd, dict(os.environ), endpoint=leader_http, watch_stubs=False)
     if gateway_cmd is None:
         return job.run()
-    gateway = subprocess.Popen(gateway_cmd)
+    gateway = subprocess.Popen(gateway_cmd, preexec_fn=die_with_parent)
     try:
         return job.run()
     finally:
@@ -330,4 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reward_triton.ops.signals import run_stoppable
+
+    sys.exit(run_stoppable(main, "launcher"))

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reward_triton.ops.signals import die_with_parent
 from reward_triton.ops.supervisor import default_shm_prefix, shm_prefix, supervise
 
 REAL_TRITON = Path("/opt/tritonserver/bin/tritonserver")
@@ -200,7 +201,11 @@ class ServerProcess:
             cmd = [sys.executable, "-m", "reward_triton.ops.server", *self.args()]
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                # a session of its own (a terminal's Ctrl-C reaches the owner, which stops it), and SIGTERM when the
+                # owner dies without stopping it (even by SIGKILL): the supervisor then stops tritonserver
+                self.proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+                )
             try:
                 self.wait_ready(timeout)
                 return self

@@ -167,8 +167,8 @@ def from_nemo(record: dict[str, Any]) -> Conversation:
     return Conversation(turns=tuple(turns), system=system)
 
 
-def parse(data: Any) -> Conversation:
-    """A decoded JSON value in either form → Conversation."""
+def form_of(data: Any) -> str:
+    """'openai' or 'nemo': which form a decoded JSON value is in (the server's and the client's one detection)."""
     if not isinstance(data, dict):
         raise ConversationError(
             "conversation must be a JSON object with 'messages' (OpenAI form) or 'conversations' (NeMo form), "
@@ -178,13 +178,18 @@ def parse(data: Any) -> Conversation:
     if has_openai and has_nemo:
         raise ConversationError("conversation has both 'messages' (OpenAI form) and 'conversations' (NeMo form)")
     if has_openai:
-        return from_openai(data["messages"])
+        return "openai"
     if has_nemo:
-        return from_nemo(data)
+        return "nemo"
     keys = ", ".join(repr(k) for k in list(data)[:5]) or "none"
     raise ConversationError(
         f"conversation needs 'messages' (OpenAI form) or 'conversations' (NeMo form); keys found: {keys}"
     )
+
+
+def parse(data: Any) -> Conversation:
+    """A decoded JSON value in either form → Conversation."""
+    return from_openai(data["messages"]) if form_of(data) == "openai" else from_nemo(data)
 
 
 # ---- JSON text (also the client's record reader, client/conversations.py) -------------------------------------
@@ -204,7 +209,8 @@ def decode_json(text: str | bytes, what: str = "") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise JSONTextError(f"{subject}not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        reason = e.msg.removesuffix(" at")  # "Invalid control character at": the position follows
+        raise JSONTextError(f"{subject}not valid JSON: {reason} at line {e.lineno} column {e.colno}") from e
     except RecursionError:
         raise JSONTextError(f"{json_of} is nested too deeply (arrays/objects within each other)") from None
     except ValueError as e:  # e.g. an integer literal longer than Python's conversion limit
