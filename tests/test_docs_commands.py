@@ -54,6 +54,7 @@ NOT_RUN: dict[str, str] = {
     "python -m build_engine.repository --checkpoint build/perf-large": "part of the docs/engine.md benchmark",
     "python -m tooling.perf run": "part of the docs/engine.md benchmark (perf_analyzer)",
     "python -m tooling.bench_engine --device cuda": "needs a GPU",
+    "python -m tooling.bench_prefix": "a ~10-minute benchmark; tests/test_prefix_cache.py runs its code small",
     "python -m reward_triton.ops.launcher --hosts node1:8,node2:8": "two 8-GPU nodes",
     "python3 -m verl.trainer.main_ppo": "veRL (not installed) training on GPUs; its reward function is run here",
     "reward-openai --url localhost:8001 [--host": "a usage synopsis; the README's full command is run",
