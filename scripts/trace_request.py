@@ -6,6 +6,7 @@ Paths, each run through the real `model.py` adapters of a rendered repository (t
 is a small stand-in here that hands tensors over as Triton does; the engine is the PyTorch stand-in):
 - `ensemble`: preprocessing → tensorrt_llm → postprocessing for one conversation;
 - `reward_model`: one request of 2 token rows through the BLS fan-out (each row a `tensorrt_llm` request).
+`--prefix-cache-bytes 0` traces the engine without its prefix cache (reward_triton/engine/prefix_cache.py).
 Only `execute()` is traced (loading is not part of a request). A "file change" is a call into a project file other
 than the one the previous call landed in (returns are not counted); the files are listed in the order first entered.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -177,6 +179,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="a converted checkpoint (default: the demo model, converted now)")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--prefix-cache-bytes", type=int, default=None, help="the engine's prefix cache (default: the render default)"
+    )
     a = p.parse_args()
 
     from build_engine.convert import convert
@@ -184,7 +189,10 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="trace-"))
     ckpt = Path(a.checkpoint) if a.checkpoint else convert(ROOT / "demo" / "checkpoint", tmp / "ckpt", progress=False)
-    repo = render_repository(ckpt, tmp / "repo", options=RenderOptions(torch_threads=1, torch_dtype="float32"))
+    options = RenderOptions(torch_threads=1, torch_dtype="float32")
+    if a.prefix_cache_bytes is not None:
+        options = dataclasses.replace(options, torch_prefix_cache_bytes=a.prefix_cache_bytes)
+    repo = render_repository(ckpt, tmp / "repo", options=options)
     models: dict[str, Any] = {}
     pb = _pb(models)
     for name in ("preprocessing", "tensorrt_llm", "postprocessing", "reward_model"):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -74,3 +75,17 @@ def test_seq_lens_parsing():
     assert be.parse_seq_lens("64:256:64,1000") == [64, 128, 192, 256, 1000]
     with pytest.raises(ValueError):
         be.parse_seq_lens("0")
+
+
+def test_engine_fixes_its_structure_at_load() -> None:
+    """Activation and norm are chosen once, when the engine is built; an unknown one is refused there, not at the
+    first request."""
+    shape = be.PRESETS["tiny-nemotron"]
+    weights = be.random_weights(shape, seed=3)
+    cfg = shape.engine_config()
+    for change, needle in (
+        (dict(activation="relu6"), "activation 'relu6'"),
+        (dict(norm="batchnorm"), "norm 'batchnorm'"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            be.TorchEngine(dataclasses.replace(cfg, **change), weights, "cpu", torch.float32)

@@ -149,6 +149,25 @@ FUSED_ATTENTION = {
 CPU_CHUNK_TOKENS = 2048
 
 
+def _squared_relu_(h: torch.Tensor) -> torch.Tensor:
+    return torch.relu_(h).square_()
+
+
+def _gelu(h: torch.Tensor) -> torch.Tensor:
+    return F.gelu(h, approximate="tanh")
+
+
+def _swiglu(h: torch.Tensor) -> torch.Tensor:
+    """[fc; gate] rows of one GEMM → silu(fc) * gate."""
+    f = h.shape[-1] // 2
+    return F.silu(h[:, :f]).mul_(h[:, f:])
+
+
+# The MLP activation by config name (config.json `hidden_act`; Llama's gated SiLU is "swiglu"), chosen at load.
+MLP_ACTIVATIONS = {"squared-relu": _squared_relu_, "gelu": _gelu, "swiglu": _swiglu}
+NORMS = ("layernorm", "rmsnorm")
+
+
 class TorchEngine:
     """`batch_invariant=True` runs one forward per sequence, so a sequence's scores never depend on what it was
     batched with (packed GEMMs of different sizes differ in the last float bits); it trades throughput for
@@ -174,6 +193,15 @@ class TorchEngine:
         self.cfg, self.device, self.dtype, self.batch_invariant = cfg, torch.device(device), dtype, batch_invariant
         if len(weights.layers) != cfg.num_layers:
             raise ValueError(f"{len(weights.layers)} layers of weights for a config of {cfg.num_layers}")
+        # The structure is fixed here, once: an unknown activation or norm is refused at load, not at a request.
+        if cfg.activation not in MLP_ACTIVATIONS:
+            raise ValueError(
+                f"activation '{cfg.activation}' is not supported (supported: {', '.join(MLP_ACTIVATIONS)})"
+            )
+        if cfg.norm not in NORMS:
+            raise ValueError(f"norm '{cfg.norm}' is not supported (supported: {', '.join(NORMS)})")
+        self._activate = MLP_ACTIVATIONS[cfg.activation]
+        self._norm = self._rms_norm if cfg.norm == "rmsnorm" else self._layer_norm
         self.w = weights.to(self.device, dtype)
         rd = cfg.rotary_dim
         self.inv_freq = 1.0 / (
@@ -215,18 +243,20 @@ class TorchEngine:
             return stats(self.counters, self.cache)
 
     # -- building blocks -----------------------------------------------------------------------------
-    def _norm(self, x: torch.Tensor, norm: Norm) -> torch.Tensor:
-        """LayerNorm / RMSNorm; statistics in float32 whatever the dtype of x (the kernels accumulate in fp32)."""
+    # `_norm` is one of these two, chosen at load; statistics in float32 whatever the dtype of x (the kernels
+    # accumulate in fp32).
+    def _rms_norm(self, x: torch.Tensor, norm: Norm) -> torch.Tensor:
         w = norm.weight
-        if self.cfg.norm == "rmsnorm":
-            if x.dtype == torch.float32:
-                return F.rms_norm(x, (x.shape[-1],), w, self.cfg.norm_eps)
-            # bf16/fp16: x * rsqrt(mean(x²) + eps) in fp32, rounded once, then × w (as HF's LlamaRMSNorm), in
-            # three passes over x instead of F.rms_norm's upcast copy + five.
-            ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
-            scale = ss.square_().div_(x.shape[-1]).add_(self.cfg.norm_eps).rsqrt_()
-            return torch.mul(x, scale, out=torch.empty_like(x)).mul_(w)
-        return F.layer_norm(x, (x.shape[-1],), w, norm.bias, self.cfg.norm_eps)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), w, self.cfg.norm_eps)
+        # bf16/fp16: x * rsqrt(mean(x²) + eps) in fp32, rounded once, then × w (as HF's LlamaRMSNorm), in
+        # three passes over x instead of F.rms_norm's upcast copy + five.
+        ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        scale = ss.square_().div_(x.shape[-1]).add_(self.cfg.norm_eps).rsqrt_()
+        return torch.mul(x, scale, out=torch.empty_like(x)).mul_(w)
+
+    def _layer_norm(self, x: torch.Tensor, norm: Norm) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, self.cfg.norm_eps)
 
     def _rotary_tables(self, starts: Sequence[int], lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [N, 1, rotary_dim / 2] (float32) at every packed token's position within its sequence (a
@@ -255,22 +285,9 @@ class TorchEngine:
 
     def _mlp_(self, x: torch.Tensor, layer: Layer, chunks: Sequence[tuple[int, int]]) -> None:
         """x += MLP(post_layernorm(x)), in place, one token chunk at a time (its intermediate stays in cache)."""
-        act = self.cfg.activation
         for start, end in chunks:
             xc = x[start:end]
-            h = self._norm(xc, layer.post_layernorm)
-            if self.cfg.arch.gated:
-                h = F.linear(h, layer.fc)
-                f = h.shape[-1] // 2
-                h = F.silu(h[:, :f]).mul_(h[:, f:])
-            else:
-                h = F.linear(h, layer.fc)
-                if act == "squared-relu":
-                    h = torch.relu_(h).square_()
-                elif act == "gelu":
-                    h = F.gelu(h, approximate="tanh")
-                else:
-                    raise ValueError(f"activation '{act}' not supported")
+            h = self._activate(F.linear(self._norm(xc, layer.post_layernorm), layer.fc))
             xc.addmm_(h, layer.proj.t())
 
     def _attention_(

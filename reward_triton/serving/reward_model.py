@@ -36,7 +36,7 @@ from reward_triton.engine.prefix_cache import DEFAULT_BLOCK_TOKENS, block_hashes
 from reward_triton.errors import ErrorCode, RequestError
 from reward_triton.serving.head import PostprocessStage
 from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
-from reward_triton.serving.results import Failure, Inputs, Outputs, guarded
+from reward_triton.serving.results import Failure, Inputs, Outputs
 from reward_triton.serving.triton import error_response, read_inputs
 from reward_triton.serving.trtllm_contract import CALLER_OUTPUTS
 
@@ -243,10 +243,16 @@ async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[An
                 return error_response(pb, Failure.of(answer))
             if isinstance(answer, Failure):
                 return error_response(pb, answer)
-        result = guarded(lambda: stage.finish(rows, answers))
-        if isinstance(result, Failure):
-            return error_response(pb, result)
+        try:
+            result = stage.finish(rows, answers)
+        except Exception as e:
+            return error_response(pb, Failure.caught(e))
         return pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in result.items()])
 
-    prepared = [guarded(lambda r=r: stage.rows(read_inputs(pb, stage, r))) for r in requests]
+    prepared: list[Rows | Failure] = []
+    for request in requests:
+        try:
+            prepared.append(stage.rows(read_inputs(pb, stage, request)))
+        except Exception as e:
+            prepared.append(Failure.caught(e))
     return list(await asyncio.gather(*(one(rows) for rows in prepared)))
