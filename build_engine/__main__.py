@@ -43,7 +43,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "render-repository": _lazy("repository"),
     "build-engine": _lazy("trtllm_build"),
     "capacity": _lazy("capacity"),
-    "launch": _lazy("reward_triton.ops.launcher"),  # the launcher lives with serving; kept here for existing scripts
+    "launch": _lazy("reward_triton.ops.launcher"),  # = python -m reward_triton.ops.launcher
 }
 
 

@@ -92,7 +92,7 @@ PRESETS: dict[str, Shape] = {
     # tiny: the CPU tests run the whole benchmark on these
     "tiny-nemotron": Shape("nemotron", 64, 2, 8, 2, 8, 256, 512, 9, 0.5),
     "tiny-llama": Shape("llama", 64, 2, 8, 8, 8, 96, 512, 1, 1.0),
-    # the CPU figures of issue 14: hidden 512, 8 layers
+    # the CPU figures of docs/engine.md: hidden 512, 8 layers
     "cpu-nemotron": Shape("nemotron", 512, 8, 16, 4, 32, 2048, 32000, 9, 0.5),
     "cpu-llama": Shape("llama", 512, 8, 16, 16, 32, 1376, 32000, 1, 1.0),
     # published shapes (Llama-2-13B; Nemotron-4-340B with only a few of its 96 layers, to fit one GPU)

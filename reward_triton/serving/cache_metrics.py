@@ -9,8 +9,10 @@ without Triton).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+log = logging.getLogger("reward_triton")
 PREFIX = "reward_engine_"
 COUNTERS = {
     "sequences": "sequences scored",
@@ -29,6 +31,15 @@ GAUGES = {
 
 
 class EngineMetrics:
+    @classmethod
+    def attach(cls, pb: Any, engine: Any) -> EngineMetrics | NoMetrics:
+        """The engine's metrics, or a stand-in that does nothing when the server runs without metrics."""
+        try:
+            return cls(pb, engine)
+        except Exception as e:
+            log.warning("engine statistics are not exported as metrics: %s", e)
+            return NoMetrics()
+
     def __init__(self, pb: Any, engine: Any, model: str = "tensorrt_llm") -> None:
         self.engine = engine
         labels = {"model": model}
@@ -52,3 +63,8 @@ class EngineMetrics:
             else:
                 metric.set(value)
             self.last[name] = value
+
+
+class NoMetrics:
+    def update(self) -> None:
+        pass

@@ -55,10 +55,6 @@ class Conversation:
                 "the conversation must end with the assistant turn to score"
             )
 
-    @property
-    def assistant_indices(self) -> tuple[int, ...]:
-        return tuple(i for i, t in enumerate(self.turns) if t.role == "assistant")
-
     def exchanges(self) -> list[tuple[int, int]]:
         """Turn index ranges [start, stop): each starts at a user turn (leading assistant turns form their own)."""
         starts = [0] + [i for i, t in enumerate(self.turns) if t.role == "user" and i > 0]

@@ -18,14 +18,9 @@ from reward_triton.serving.cache_metrics import EngineMetrics
 class TritonPythonModel:
     def initialize(self, args):
         self.stage = EngineStage.from_model_config(json.loads(args["model_config"]))
-        try:  # the engine's statistics as Triton metrics (absent when the server runs without metrics)
-            self.metrics = EngineMetrics(pb_utils, self.stage.engine)
-        except Exception as e:
-            triton.log.warning("engine statistics are not exported as metrics: %s", e)
-            self.metrics = None
+        self.metrics = EngineMetrics.attach(pb_utils, self.stage.engine)  # the engine's statistics, as metrics
 
     def execute(self, requests):
         responses = triton.execute(pb_utils, self.stage, requests)
-        if self.metrics is not None:
-            self.metrics.update()
+        self.metrics.update()
         return responses
