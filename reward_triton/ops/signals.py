@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from types import FrameType
 
@@ -35,8 +36,17 @@ def _ignore_further() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _quiet_unwinding() -> None:
+    """The stop may land anywhere, e.g. inside asyncio building its event loop: objects left half-made then
+    complain from their finalizers ("Exception ignored in ...", "coroutine ... was never awaited") while the stack
+    unwinds. The command is stopping and says so in one line; that noise is dropped."""
+    sys.unraisablehook = lambda _: None
+    warnings.simplefilter("ignore", RuntimeWarning)
+
+
 def _raise(signum: int, _frame: FrameType | None) -> None:
     _ignore_further()
+    _quiet_unwinding()
     raise Stopped(signum)
 
 
