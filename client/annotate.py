@@ -42,7 +42,7 @@ from client.conversations import (
     scoring_requests,
     skipped_turns,
 )
-from client.safe_paths import OutputPathError, check_outputs, part_path, replace_from_part
+from client.safe_paths import OutputPathError, check_outputs, fsync_dir, part_path, replace_from_part
 from client.summary import fold, merge
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -109,7 +109,7 @@ class Checkpoint:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 @dataclass
@@ -134,19 +134,6 @@ class LineResult:
     unreadable: bool = False
     turns: dict[str, int] = field(default_factory=dict)
     values: list[dict[str, float]] = field(default_factory=list)  # the written label values, per scored turn
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

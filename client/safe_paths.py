@@ -69,8 +69,13 @@ def replace_from_part(path: str | os.PathLike[str]) -> None:
     """Rename PATH.part over PATH (atomic on one filesystem), then fsync the folder."""
     target = Path(path)
     os.replace(part_path(target), target)
+    fsync_dir(target.absolute().parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable (best effort: some filesystems refuse)."""
     try:
-        fd = os.open(target.absolute().parent, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
