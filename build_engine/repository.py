@@ -151,8 +151,7 @@ class Served:
     """What the stages are told about the engine: where they read it (as the server sees the path) and the limits
     every stage enforces (the BUILT engine's, for backend tensorrtllm)."""
 
-    model_dir: str
-    engine_dir: str
+    directory: str  # the engine (or checkpoint) directory as the server sees it: gpt_model_path and every model_dir
     max_input_len: int
     logits_type: str
     kv_cache_reuse: bool = False
@@ -170,8 +169,8 @@ def variables(meta: RewardMetadata, served: Served, options: RenderOptions) -> d
         "max_request_bytes": str(options.max_request_bytes),
         "reward_model_max_rows": str(options.reward_model_max_rows),
         "reward_model_instances": str(options.reward_model_instances),
-        "model_dir": pbtxt_string(served.model_dir),
-        "engine_dir": pbtxt_string(served.engine_dir),
+        "model_dir": pbtxt_string(served.directory),
+        "engine_dir": pbtxt_string(served.directory),
         "torch_dtype": options.torch_dtype,
         "torch_device": options.torch_device,
         "torch_threads": str(1 if options.torch_threads is None else options.torch_threads),
@@ -190,10 +189,11 @@ def variables(meta: RewardMetadata, served: Served, options: RenderOptions) -> d
     }
 
 
-def serve_engine(checkpoint: Path, engine: Path, options: RenderOptions) -> Served:
-    """Backend tensorrtllm: check the built engine (config.json, one rank file per rank), put the metadata and
-    tokenizer next to it with the engine's max_input_len, and decide KV reuse and chunked context from how it was
-    built. Every problem is a RepositoryError now, on this machine, not a load failure in the container."""
+def serve_engine(engine: Path, options: RenderOptions) -> Served:
+    """Backend tensorrtllm: check the built engine (config.json, one rank file per rank, what the backend needs of
+    it) and decide KV reuse and chunked context from how it was built. Every problem is a RepositoryError now, on
+    this machine, not a load failure in the container. (The metadata and tokenizer go next to the engine, with the
+    engine's max_input_len, once every config has been checked.)"""
     try:
         limits = EngineLimits.of_engine(engine)
         limits.check_files(engine)
@@ -215,9 +215,8 @@ def serve_engine(checkpoint: Path, engine: Path, options: RenderOptions) -> Serv
             "python -m build_engine.trtllm_build, whose default enables it"
             + (", or render with KV cache reuse off: --no-kv-cache-reuse)" if options.kv_cache_reuse else ")")
         )
-    RewardMetadata.copy(checkpoint, engine, max_input_len=limits.max_input_len)
     where = options.engine_dir_in_container or str(engine)
-    return Served(where, where, limits.max_input_len, logits_type, options.kv_cache_reuse, chunked)
+    return Served(where, limits.max_input_len, logits_type, options.kv_cache_reuse, chunked)
 
 
 def render_text(template: str, values: dict[str, str], source: str = "template") -> str:
@@ -271,12 +270,12 @@ def render_repository(
     if options.backend == "tensorrtllm":
         if engine_dir is None:
             raise RepositoryError("backend tensorrtllm needs engine_dir (the trtllm-build output directory)")
-        served = serve_engine(checkpoint, Path(engine_dir).resolve(), options)
+        served = serve_engine(Path(engine_dir).resolve(), options)
     else:
         if not (checkpoint / "config.json").is_file():
             raise RepositoryError(f"{checkpoint}: config.json missing (not a converted checkpoint)")
         where = options.engine_dir_in_container or str(checkpoint)
-        served = Served(where, where, meta.max_input_len, contract.LOGITS_TYPES["float32"])
+        served = Served(where, meta.max_input_len, contract.LOGITS_TYPES["float32"])
         options = resolve_torch_options(checkpoint, options)
     out = source if output is None else Path(output).resolve()
     if out != source:
@@ -289,6 +288,8 @@ def render_repository(
         check_config(text, str(tpl))
         rendered[out / model / CONFIG] = text
     check_contract(rendered[out / "tensorrt_llm" / CONFIG], rendered[out / "ensemble" / CONFIG], served.logits_type)
+    if engine_dir is not None and options.backend == "tensorrtllm":  # metadata and tokenizer next to the engine
+        RewardMetadata.copy(checkpoint, Path(engine_dir).resolve(), max_input_len=served.max_input_len)
     for path, text in rendered.items():  # write only once every config rendered, parsed and checked
         path.write_text(text)
     return out

@@ -158,6 +158,11 @@ def check_pipeline_split(config: dict[str, Any], opts: BuildOptions, version: tu
     )
 
 
+def gpus_per_node_flag(config: dict[str, Any], opts: BuildOptions) -> list[str]:
+    """`--gpus_per_node N` (N: the option, else the checkpoint's, else 8), for the releases that take it."""
+    return ["--gpus_per_node", str(opts.gpus_per_node or gpus_per_node(config))]
+
+
 def supports_gpus_per_node(exe: str) -> bool:
     """Whether this trtllm-build takes --gpus_per_node (it then overrides the checkpoint's own value)."""
     try:
@@ -248,14 +253,6 @@ def build_view(checkpoint: Path, config: dict[str, Any], opts: BuildOptions) -> 
         yield view
 
 
-def check_engine(engine: Path, world: int) -> None:
-    if not (engine / "config.json").is_file():
-        raise BuildError(f"{engine}: trtllm-build wrote no config.json")
-    missing = [r for r in range(world) if not (engine / f"rank{r}.engine").is_file()]
-    if missing:
-        raise BuildError(f"{engine}: engine files missing for ranks {missing}")
-
-
 def build_engine(
     checkpoint: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -271,13 +268,10 @@ def build_engine(
             raise BuildError(f"{checkpoint / name}: missing (the converter writes it next to config.json)")
     exe = executable or shutil.which(EXECUTABLE)
     if exe is None:
-        cmd = shlex.join(build_argv(checkpoint, output, config, opts))
+        cmd = shlex.join(build_argv(checkpoint, output, config, opts) + gpus_per_node_flag(config, opts))
         raise BuildError(f"{EXECUTABLE} is not on PATH. {INSTALL_HINT}. The build command is:\n  {cmd}")
-    world = mapping(config).world_size
     check_pipeline_split(config, opts, installed_trtllm_version(exe))
-    node_flag = (
-        ["--gpus_per_node", str(opts.gpus_per_node or gpus_per_node(config))] if supports_gpus_per_node(exe) else []
-    )
+    node_flag = gpus_per_node_flag(config, opts) if supports_gpus_per_node(exe) else []
     with atomic_directory(output) as tmp:
         with build_view(checkpoint, config, opts) as view:
             argv = [exe, *build_argv(view, tmp, config, opts)[1:], *node_flag]
@@ -285,12 +279,12 @@ def build_engine(
             result = subprocess.run(argv, check=False)
         if result.returncode != 0:
             raise BuildError(f"{EXECUTABLE} failed with exit status {result.returncode}")
-        check_engine(tmp, world)
-        try:  # every stage then enforces the BUILT engine's max_input_len
-            built = EngineLimits.of_engine(tmp).max_input_len
+        try:  # config.json and every rank file written; every stage then enforces the BUILT engine's limit
+            built = EngineLimits.of_engine(tmp)
+            built.check_files(tmp)
         except ContractViolation as e:
-            raise BuildError(str(e)) from None
-        RewardMetadata.copy(checkpoint, tmp, max_input_len=built)
+            raise BuildError(f"{EXECUTABLE} output: {e}") from None
+        RewardMetadata.copy(checkpoint, tmp, max_input_len=built.max_input_len)
     return output
 
 
@@ -353,7 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_pipeline_split(config, opts, installed_trtllm_version(shutil.which(EXECUTABLE)))
             except BuildError as e:
                 print(f"warning: {e}", file=sys.stderr)
-            print(shlex.join(build_argv(ckpt, out, config, opts)))
+            exe = shutil.which(EXECUTABLE)
+            node_flag = gpus_per_node_flag(config, opts) if exe is None or supports_gpus_per_node(exe) else []
+            print(shlex.join(build_argv(ckpt, out, config, opts) + node_flag))
+            if exe is None:
+                print("note: --gpus_per_node is for trtllm-build releases that take it (0.13-0.19)", file=sys.stderr)
             return 0
         out = build_engine(a.checkpoint, a.output, opts)
     except BuildError as e:

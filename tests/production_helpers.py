@@ -98,6 +98,7 @@ def built_engine(
     max_input_len: int = 4096,
     max_num_tokens: int = 16384,
     paged_context_fmha: bool = True,
+    build_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """An engine directory as trtllm-build leaves it (config.json + rank files), for rendering tests."""
     import json
@@ -107,8 +108,14 @@ def built_engine(
         "max_input_len": max_input_len,
         "max_seq_len": max_input_len + 1,
         "max_num_tokens": max_num_tokens,
-        "plugin_config": {"use_paged_context_fmha": paged_context_fmha},
+        "gather_generation_logits": True,
+        "plugin_config": {
+            "use_paged_context_fmha": paged_context_fmha,
+            "paged_kv_cache": True,
+            "remove_input_padding": True,
+        },
     }
+    build.update(build_overrides or {})
     config = {"version": "0.19.0", "pretrained_config": pretrained, "build_config": build}
     (engine / "config.json").write_text(json.dumps(config))
     world = int((pretrained.get("mapping") or {}).get("world_size", 1))

@@ -167,6 +167,19 @@ def test_render_refuses_at_render_time_what_fails_in_the_container(single: Path,
     bf16 = built_engine(tmp_path / "bf16", {**pretrained, "logits_dtype": "bfloat16"})
     with pytest.raises(RepositoryError, match="logits only as float32 or float16"):
         render(single, tmp_path / "r7", engine_dir=bf16, options=options())
+    # an engine the backend cannot serve rewards from, or cannot batch in flight
+    no_logits = built_engine(tmp_path / "no-logits", pretrained, build_overrides={"gather_generation_logits": False})
+    with pytest.raises(RepositoryError, match="without --gather_generation_logits"):
+        render(single, tmp_path / "r8", engine_dir=no_logits, options=options())
+    contiguous = built_engine(
+        tmp_path / "contiguous", pretrained, build_overrides={"plugin_config": {"paged_kv_cache": False}}
+    )
+    with pytest.raises(RepositoryError, match="paged_kv_cache off"):
+        render(single, tmp_path / "r9", engine_dir=contiguous, options=options(kv_cache_reuse=False))
+    # max_seq_len leaves room for the prompt and the reward position only: the stages enforce max_seq_len - 1
+    tight = built_engine(tmp_path / "tight", pretrained, max_input_len=100, build_overrides={"max_seq_len": 100})
+    render(single, tmp_path / "r10", engine_dir=tight, options=options())
+    assert RewardMetadata.load(tight).max_input_len == 99
 
 
 def test_engine_dir_as_the_container_sees_it(single: Path, engine: Path, tmp_path: Path) -> None:

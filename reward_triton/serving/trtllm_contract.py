@@ -218,7 +218,8 @@ def declared_logits_type(config: Mapping[str, Any]) -> str | None:
 # ---- the engine as built -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EngineLimits:
-    """What the built engine enforces, from its config.json ({version, pretrained_config, build_config})."""
+    """What the built engine enforces, from its config.json ({version, pretrained_config, build_config});
+    `max_input_len` is the longest prompt that still leaves room for the generated position (max_seq_len - 1)."""
 
     max_input_len: int
     max_num_tokens: int | None
@@ -248,12 +249,26 @@ class EngineLimits:
         if "max_input_len" not in build:
             raise ContractViolation(f"{path}: build_config has no max_input_len")
         plugins = build.get("plugin_config") or {}
+        # The backend never turns generation logits on itself: without them every reward request fails.
+        if not build.get("gather_generation_logits", False):
+            raise ContractViolation(
+                f"{path}: the engine was built without --gather_generation_logits: it returns no generation logits, "
+                "which carry the reward (rebuild with python -m build_engine.trtllm_build)"
+            )
+        for flag in ("paged_kv_cache", "remove_input_padding"):  # what inflight_fused_batching runs on
+            if plugins.get(flag) is False:
+                raise ContractViolation(f"{path}: the engine was built with {flag} off; in-flight batching needs it")
+        max_input = int(build["max_input_len"])
+        if build.get("max_seq_len") is not None:  # the prompt and the one generated (reward) position must fit
+            max_input = min(max_input, int(build["max_seq_len"]) - 1)
+            if max_input < 1:
+                raise ContractViolation(f"{path}: build_config max_seq_len {build['max_seq_len']} leaves no prompt")
         try:
             world = parallel.Mapping.of_config(config, str(path)).world_size
         except parallel.MappingError as e:
             raise ContractViolation(str(e)) from None
         return cls(
-            max_input_len=int(build["max_input_len"]),
+            max_input_len=max_input,
             max_num_tokens=int(build["max_num_tokens"]) if build.get("max_num_tokens") else None,
             logits_dtype=str(pretrained.get("logits_dtype") or "float32"),
             paged_context_fmha=bool(plugins.get("use_paged_context_fmha", False)),
