@@ -2,8 +2,20 @@
 # Python 3.11 or 3.12 (NVIDIA's Triton TRT-LLM containers from 25.01 ship 3.12): the first one found.
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || echo python3.11)
 VENV := .venv
+# SYSTEM_PYTHON=1 (NVIDIA's Triton TRT-LLM container): no virtualenv; this project goes into the container's own
+# Python without replacing its torch / TensorRT-LLM (`pip install --no-deps -e .` and the few pure-Python packages
+# the converter needs), and mpirun is the container's Open MPI (docs/production.md).
+SYSTEM_PYTHON ?=
+ifeq ($(SYSTEM_PYTHON),1)
+PY := $(PYTHON)
+MPIRUN := mpirun
+STAMP := build/.system-python-installed
+SYSTEM_DEPS := sentencepiece pyyaml tensorstore safetensors ml_dtypes tqdm "tritonclient[grpc,http]" mpi4py
+else
 PY := $(VENV)/bin/python
+MPIRUN := $(VENV)/bin/mpirun
 STAMP := $(VENV)/.installed
+endif
 
 .PHONY: install test lint format bench bench-convert bench-engine engine serve perf demo
 .DEFAULT_GOAL := help
@@ -11,11 +23,18 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo | install | test | lint | bench [bench-convert|bench-engine] | engine [NEMO= TP= PP= DTYPE= BACKEND=torch|tensorrtllm BATCH_INVARIANT=1 RENDER_ARGS=] | serve | perf"
 
+ifeq ($(SYSTEM_PYTHON),1)
+$(STAMP): pyproject.toml
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q $(SYSTEM_DEPS)
+	mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+else
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+endif
 
 install: $(STAMP)
 
@@ -85,7 +104,7 @@ build/fixture-large-%: | $(STAMP)
 
 engine: install $(filter build/fixture-%,$(NEMO))
 ifeq ($(shell test "$(NP)" -gt 1 2>/dev/null && echo mpi),mpi)
-	$(VENV)/bin/mpirun $(MPIRUN_ARGS) -n $(NP) $(PY) -m build_engine.mpi_convert \
+	$(MPIRUN) $(MPIRUN_ARGS) -n $(NP) $(PY) -m build_engine.mpi_convert \
 		--nemo $(NEMO) --output $(CHECKPOINT) --tp $(TP) --pp $(PP) --dtype $(DTYPE) --no-progress $(CONVERT_ARGS)
 else
 	$(PY) -m build_engine convert --nemo $(NEMO) --output $(CHECKPOINT) --tp $(TP) --pp $(PP) --dtype $(DTYPE) --no-progress $(CONVERT_ARGS)

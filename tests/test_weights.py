@@ -1,4 +1,5 @@
-"""The weight table (reward_triton/engine/weights.py) and the rank-file reader it drives (trtllm_checkpoint.py)."""
+"""The weight table (reward_triton/engine/weights.py) and the rank-file reader it drives
+(reward_triton/engine/checkpoint.py)."""
 
 from __future__ import annotations
 

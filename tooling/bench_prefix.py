@@ -1,11 +1,11 @@
 """Prefix cache benchmark: the same work with the engine's prefix cache off and on, interleaved in one run.
 
-    python -m tooling.bench_prefix                      # builds the issue-28 fixture on first use
+    python -m tooling.bench_prefix                      # builds its fixture on first use
     python -m tooling.bench_prefix --checkpoint DIR --dtype float32,bfloat16 --repeats 3 --json out.json
 
 The checkpoint is `tooling.bench_fixture --seq-length 1024` (hidden 512, 8 layers, GQA 16/4 heads: 22 M
 parameters, random weights) converted to float32; built into --checkpoint's folder when it is not there. Work, as
-issue 28 measured it through the server, here on the engine in-process (`TorchEngine.logits`), random token ids:
+measured here on the engine in-process (`TorchEngine.logits`), random token ids:
 
 - turn prefixes: 6 conversations of 4 exchanges (~834 tokens), scored after every assistant turn, one request
   after another, shortest first (what `reward-client annotate` sends); against scoring the 6 whole conversations once.
@@ -15,8 +15,8 @@ issue 28 measured it through the server, here on the engine in-process (`TorchEn
 
 Every repetition draws new tokens (so a repetition starts with nothing of its own cached) and runs each workload
 cache-off then cache-on on the same tokens: contention on a shared machine hits both alike. Reported: the best
-time of each over --repeats, the ratios the issue sets targets for, tokens sent / computed (engine statistics),
-and the largest difference between the cache-on and cache-off logits of the same sequences.
+time of each over --repeats, the ratios docs/prefix_cache.md sets targets for, tokens sent / computed (engine
+statistics), and the largest difference between the cache-on and cache-off logits of the same sequences.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ DEFAULT_CHECKPOINT = Path("build/bench-prefix/checkpoint")
 
 
 def fixture(checkpoint: Path) -> Path:
-    """The issue's benchmark checkpoint, built (NeMo fixture, then a float32 conversion) when absent."""
+    """The benchmark checkpoint, built (NeMo fixture, then a float32 conversion) when absent."""
     if (checkpoint / "config.json").is_file():
         return checkpoint
     from build_engine import convert
@@ -137,7 +137,7 @@ def bench(checkpoint: Path, dtype: str, repeats: int, max_batch: int, budget: in
             max_diff[name] = max(max_diff[name], float((torch.stack(warm) - torch.stack(cold)).abs().max()))
     best = {name: {mode: min(times) for mode, times in by.items()} for name, by in seconds.items()}
     ratios = {
-        # the issue's figures: prefixes against whole conversations and best-of-8 against one candidate, both
+        # the figures: prefixes against whole conversations and best-of-8 against one candidate, both
         # denominators with the cache off (scored once, nothing to share; their cache-on time is printed too)
         "turns": {m: best["turn_prefixes"][m] / best["whole_conversations"]["off"] for m in ("off", "on")},
         "best_of_8": {m: best["best_of_8"][m] / best["one_candidate"]["off"] for m in ("off", "on")},

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from reward_triton.errors import ErrorCode
+
 ChatFormatOption = Literal["auto", "chatml", "llama3", "llama2", "gemma", "steerlm"]
 OnErrorOption = Literal["fail", "flag"]
 
@@ -38,14 +40,7 @@ class GetRewardRequest(BaseModel):
 class RowError(BaseModel):
     index: int  # the row in `query`
     # unparseable_query (the policy's chat format), or the ensemble's code (reward_triton.errors.ErrorCode)
-    code: Literal[
-        "unparseable_query",
-        "context_length_exceeded",
-        "invalid_conversation",
-        "invalid_json",
-        "invalid_request",
-        "request_too_large",
-    ]
+    code: ErrorCode | Literal["unparseable_query"]
     message: str
 
 

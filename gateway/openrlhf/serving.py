@@ -97,6 +97,6 @@ class GetRewardServing:
             score, _ = await self.backend.score(parsed.conversation(), truncate, param=f"query[{index}]")
         except ApiError as e:
             if e.status == 400:  # the ensemble refused this row (its code says why: reward_triton.errors)
-                return RowError(index=index, code=e.code, message=e.message)  # type: ignore[arg-type]
+                return RowError(index=index, code=e.code, message=e.message)
             raise
         return score

@@ -3,7 +3,7 @@
 The scheme of TensorRT-LLM's KV-cache block reuse and vLLM's automatic prefix caching. A sequence is cut into blocks
 of `block_tokens` tokens; block j is named by a hash of block j-1's name and block j's own tokens, so one name
 stands for the whole prefix up to the end of its block. A sequence whose leading blocks are stored computes only
-the tokens after them (reward_triton/engine.py), attending to the stored keys and values.
+the tokens after them (reward_triton/engine/model.py), attending to the stored keys and values.
 
 - Only full blocks are stored, and at most (len - 1) // block_tokens of them per sequence: the last token is always
   computed, since its hidden state gives the logits.

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from reward_triton.engine.prefix_cache import DEFAULT_BLOCK_TOKENS, block_hashes
-from reward_triton.errors import ErrorCode, RequestError
+from reward_triton.errors import ErrorCode, RequestError, untag
 from reward_triton.serving.head import PostprocessStage
 from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES, Prepared, Preprocessor
 from reward_triton.serving.results import Failure, Inputs, Outputs
@@ -206,7 +206,10 @@ def _engine_failure(pb: Any, response: Any, row: int) -> Failure | None:
     code = error.code() if hasattr(error, "code") else None
     invalid = code is not None and code == pb.TritonError.INVALID_ARG
     unavailable = code is not None and code == getattr(pb.TritonError, "UNAVAILABLE", object())
-    return Failure(f"row {row}: {error.message()}", invalid, retryable=unavailable)
+    code, message = untag(error.message())
+    if invalid and code is None:
+        code = ErrorCode.INVALID_REQUEST
+    return Failure(f"row {row}: {message}", invalid, retryable=unavailable, code=code)
 
 
 async def execute_fanout(pb: Any, stage: RewardModelStage, requests: Sequence[Any]) -> list[Any]:
