@@ -289,7 +289,8 @@ class ReplicaPool:
         if len(self.down) == len(self.replicas):
             self._all_down_since = time.monotonic()
         if self.notify is not None:
-            self.notify(f"{self.replicas[i].url} is unavailable ({error.status or 'error'}); using the other servers")
+            status = error.status.removeprefix("StatusCode.") or "error"
+            self.notify(f"{self.replicas[i].url} is unavailable ({status}); using the other servers")
         self._probes[i] = asyncio.ensure_future(self._probe(i))
 
     async def _probe(self, i: int) -> None:
