@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -37,6 +37,7 @@ from client.api import (
     RewardClient,
     Score,
     ServerFailure,
+    bounded_map,
     retryable,
 )
 
@@ -219,6 +220,24 @@ class ReplicaPool:
         """RewardClient.score on the replica of this request's affinity key (see the module docstring)."""
         key = affinity if affinity is not None else affinity_key(conversation, text)
         return await self._run(key, lambda r: r.score(conversation, text=text, truncate=truncate))
+
+    async def score_many(
+        self,
+        conversations: Iterable[Mapping[str, Any] | str],
+        *,
+        truncate: bool = False,
+        return_exceptions: bool = False,
+    ) -> list[Score | Exception]:
+        """RewardClient.score_many over the pool: results in input order, at most twice the replicas' summed
+        concurrency pending."""
+        items = list(conversations)
+        limit = 2 * sum(int(getattr(r, "concurrency", 16)) for r in self.replicas)
+        out: list[Score | Exception | None] = [None] * len(items)
+        async for i, result in bounded_map(lambda c: self.score(c, truncate=truncate), items, limit=limit):
+            if isinstance(result, Exception) and not return_exceptions:
+                raise result
+            out[i] = result
+        return out  # type: ignore[return-value]
 
     def replica_of(self, key: str) -> int | None:
         """The replica a key is assigned to, if it is remembered."""

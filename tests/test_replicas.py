@@ -248,3 +248,17 @@ def test_annotate_over_two_replicas_one_killed_equals_one_scorer(tmp_path: Path)
     assert (tmp_path / "pool.jsonl").read_bytes() == (tmp_path / "single.jsonl").read_bytes()
     assert pooled.turns == single.turns and 0 < len(b.answered) < 30
     assert len(a.answered) + len(b.answered) == single.turns["scored"] + single.turns["failed"]
+
+
+def test_score_many_over_the_pool_keeps_input_order() -> None:
+    a, b = FakeReplica("a"), FakeReplica("b")
+    conversations = [cv.openai_prompt_and_response(f"p{i}", "x", None) for i in range(12)]
+
+    async def run() -> list[Any]:
+        async with pool_of(a, b) as pool:
+            return await pool.score_many(conversations)
+
+    results = asyncio.run(run())
+    oracle = FakeScorer()
+    assert [r.scores for r in results] == [asyncio.run(oracle(c)).scores for c in conversations]
+    assert a.answered and b.answered
