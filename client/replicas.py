@@ -142,6 +142,7 @@ class ReplicaPool:
         self._probes: dict[int, asyncio.Task[None]] = {}
         self._up: asyncio.Event | None = None
         self._all_down_since: float | None = None
+        self._last_failure: ServerFailure | None = None  # what marked a replica down most recently
 
     @classmethod
     def from_urls(
@@ -274,8 +275,7 @@ class ReplicaPool:
                 now = time.monotonic()
                 deadline = deadline if deadline is not None else now + self.retry.max_wait
                 if now >= deadline:
-                    assert last is not None
-                    raise last
+                    raise last or self._last_failure or ServerFailure(f"no server of {self.url} is available")
                 await self._wait_up(deadline - now)
                 continue
             self.in_flight[i] += 1
@@ -302,6 +302,7 @@ class ReplicaPool:
             pass
 
     def _mark_down(self, i: int, error: ServerFailure) -> None:
+        self._last_failure = error
         if i in self.down:
             return
         self.down.add(i)

@@ -205,6 +205,8 @@ def test_all_replicas_down_waits_then_fails_or_continues() -> None:
         async with pool_of(a, b, max_wait=0.2) as pool:
             with pytest.raises(ServerFailure, match="UNAVAILABLE"):
                 await pool.score(prefixes(1)[0])
+            with pytest.raises(ServerFailure, match="UNAVAILABLE"):  # one that found every replica already down
+                await pool.score(prefixes(2)[0])
             assert pool.retry_status() is not None and pool.retry_status().startswith("all 2 servers unavailable")
 
     asyncio.run(gives_up())
