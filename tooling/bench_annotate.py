@@ -9,8 +9,8 @@ served at once. Each repetition writes a new file of 4-exchange NeMo conversatio
 random words, so nothing is cached from an earlier repetition) and annotates it with the client library's
 annotate job (what `reward-client annotate` runs: a conversation's turns one after another, shortest first,
 conversations concurrently) against the cache-off server, then the cache-on one. Reported: conversations/s of
-each (best over the repetitions), their ratio (issue 28's target: at least 1.8), tokens sent per run, and the
-largest difference between the two runs' labels.
+each (best over the repetitions), their ratio (issue 28's target: at least 1.8), tokens sent and computed (the engine's
+metrics), and the largest difference between the two runs' labels.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,6 +35,7 @@ from reward_triton.ops.server import ServerProcess
 from tooling.bench_prefix import DEFAULT_CHECKPOINT, fixture
 
 TARGET = 1.8
+MAX_TOKENS = 900  # of a conversation's text: with the template it stays under the fixture's 1024
 WORDS = ("the model reads every turn of a conversation and writes a score for each assistant answer while the "
          "server keeps blocks of keys and values for prefixes it has seen before so later turns compute less "
          "time memory token batch cache replica prompt answer question reason because").split()  # fmt: skip
@@ -42,17 +45,35 @@ def sentence(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def write_conversations(path: Path, rng: random.Random, n: int, exchanges: int) -> None:
-    """n NeMo records of `exchanges` user/assistant exchanges, every assistant turn labelled."""
+def write_conversations(path: Path, rng: random.Random, n: int, exchanges: int, tokenizer: Path) -> int:
+    """n NeMo records of `exchanges` user/assistant exchanges, every assistant turn labelled, each at most
+    MAX_TOKENS tokens of text (drawn again when longer); returns the tokens of their text."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer))
+    total = 0
     with open(path, "w", encoding="utf-8") as f:
         for _ in range(n):
-            turns = []
-            for _ in range(exchanges):
-                # ~3.5 tokens a word with the fixture's 384-piece tokenizer: ~90-token user and ~118-token assistant
-                # turns, ~834 tokens over 4 exchanges as issue 28 measured
-                turns.append({"from": "User", "value": sentence(rng, rng.randint(20, 32))})
-                turns.append({"from": "Assistant", "value": sentence(rng, rng.randint(28, 40)), "label": ""})
+            while True:
+                turns = []
+                for _ in range(exchanges):
+                    # ~3.5 tokens a word with the fixture's 384-piece tokenizer: ~90-token user and ~118-token
+                    # assistant turns, ~834 tokens over 4 exchanges as issue 28 measured
+                    turns.append({"from": "User", "value": sentence(rng, rng.randint(20, 32))})
+                    turns.append({"from": "Assistant", "value": sentence(rng, rng.randint(28, 40)), "label": ""})
+                size = sum(len(sp.encode(t["value"])) for t in turns)
+                if size <= MAX_TOKENS:
+                    break
+            total += size
             f.write(json.dumps({"system": "Be helpful.", "conversations": turns, "mask": "User"}) + "\n")
+    return total
+
+
+def engine_tokens(server: ServerProcess) -> dict[str, float]:
+    """The engine's token counters from the server's metrics endpoint (reward_triton/serving/cache_metrics.py)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    found = re.findall(r'^reward_engine_(tokens_\w+)\{model="tensorrt_llm"\} (\S+)$', text, re.MULTILINE)
+    return {name: float(value) for name, value in found}
 
 
 def largest_difference(a: Path, b: Path) -> float:
@@ -94,25 +115,31 @@ async def annotate_once(url: str, src: Path, out: Path, concurrency: int) -> tup
 def bench(checkpoint: Path, conversations: int, exchanges: int, repeats: int, concurrency: int) -> dict[str, Any]:
     ckpt = fixture(checkpoint)
     runs: dict[str, list[float]] = {"off": [], "on": []}
-    tokens: dict[str, int] = {}
+    tokens: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-annotate-") as tmp, ExitStack() as stack:
         root = Path(tmp)
-        urls = {}
+        servers: dict[str, ServerProcess] = {}
         for name, budget in (("off", 0), ("on", RenderOptions.torch_prefix_cache_bytes)):
             options = RenderOptions(torch_threads=1, torch_prefix_cache_bytes=budget)
             repo = render_repository(ckpt, output=root / f"repository-{name}", options=options)
             server = ServerProcess(repository=repo, log_path=root / f"tritonserver-{name}.log")
-            stack.enter_context(server)
-            urls[name] = server.grpc_url
+            servers[name] = stack.enter_context(server)
         rng = random.Random(28)
         for r in range(repeats):
             src = root / f"conversations-{r}.jsonl"
-            write_conversations(src, rng, conversations, exchanges)
+            size = write_conversations(src, rng, conversations, exchanges, ckpt / "tokenizer.model")
+            print(
+                f"repeat {r + 1}: {conversations} conversations, {size / conversations:.0f} tokens each",
+                file=sys.stderr,
+            )
             for name in ("off", "on"):
-                rate, sent = asyncio.run(annotate_once(urls[name], src, root / f"out-{name}-{r}.jsonl", concurrency))
+                server = servers[name]
+                before = engine_tokens(server)
+                rate, _ = asyncio.run(annotate_once(server.grpc_url, src, root / f"out-{name}-{r}.jsonl", concurrency))
+                after = engine_tokens(server)
                 runs[name].append(rate)
-                tokens[name] = sent
-                print(f"repeat {r + 1}: cache {name}: {rate:.2f} conv/s ({sent} tokens sent)", file=sys.stderr)
+                tokens[name] = {k: after[k] - before.get(k, 0.0) for k in after}
+                print(f"repeat {r + 1}: cache {name}: {rate:.2f} conv/s, engine tokens {tokens[name]}", file=sys.stderr)
             diff = largest_difference(root / f"out-off-{r}.jsonl", root / f"out-on-{r}.jsonl")
             print(f"repeat {r + 1}: largest label difference cache on vs off: {diff:.3g}", file=sys.stderr)
     best = {name: max(rates) for name, rates in runs.items()}
@@ -122,7 +149,7 @@ def bench(checkpoint: Path, conversations: int, exchanges: int, repeats: int, co
         "concurrency": concurrency,
         "runs_conv_per_s": runs,
         "best_conv_per_s": best,
-        "tokens_sent_per_run": tokens,
+        "engine_tokens_last_run": tokens,
         "ratio": best["on"] / best["off"],
         "target": TARGET,
     }
@@ -141,8 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"annotate {r['conversations']} conversations x {r['exchanges']} exchanges, concurrency {r['concurrency']}: "
         f"cache off {r['best_conv_per_s']['off']:.2f} conv/s, cache on {r['best_conv_per_s']['on']:.2f} conv/s: "
-        f"{r['ratio']:.2f}x (target >= {TARGET}x); tokens sent per run {r['tokens_sent_per_run']}"
+        f"{r['ratio']:.2f}x (target >= {TARGET}x)"
     )
+    for name in ("off", "on"):
+        t = r["engine_tokens_last_run"][name]
+        print(f"cache {name}: tokens sent {t.get('tokens_sent', 0):.0f}, computed {t.get('tokens_computed', 0):.0f}")
     if a.json:
         a.json.write_text(json.dumps(r, indent=2) + "\n")
     return 0
