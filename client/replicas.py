@@ -135,7 +135,7 @@ class ReplicaPool:
         self.notify = notify
         self.probe_interval = probe_interval
         self.in_flight = [0] * len(self.replicas)
-        self.served = [0] * len(self.replicas)  # requests answered (scores or rejections), per replica
+        self.served = [0] * len(self.replicas)  # requests answered with scores (or metadata), per replica
         self.keys_given = [0] * len(self.replicas)
         self.down: set[int] = set()
         self._keys: OrderedDict[str, int] = OrderedDict()
@@ -239,10 +239,6 @@ class ReplicaPool:
                 raise result
             out[i] = result
         return out  # type: ignore[return-value]
-
-    def replica_of(self, key: str) -> int | None:
-        """The replica a key is assigned to, if it is remembered."""
-        return self._keys.get(key)
 
     def _pick(self, key: str | None) -> int | None:
         """The replica for `key`: its remembered one while healthy, else the least loaded healthy one (None: all
