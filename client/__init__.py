@@ -9,13 +9,16 @@ from client.api import (
     Score,
     ServerFailure,
 )
+from client.replicas import ReplicaPool, connect
 
 __all__ = [
     "ModelMetadata",
+    "ReplicaPool",
     "RequestRejected",
     "RetryPolicy",
     "RewardClient",
     "RewardClientError",
     "Score",
     "ServerFailure",
+    "connect",
 ]

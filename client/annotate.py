@@ -5,7 +5,9 @@ message) is scored on its prefix and gets a new `name:value,...` label. Output l
 the server rejects (too long, ...) keeps the record: its label is null with `label_error` saying why, and the
 errors file gets `{"line": N, "turn": T, "error": reason}`; the record's other turns keep their scores. A line that
 cannot be read at all (bad JSON, not a record) goes to the errors file as `{"line": N, "error": reason}` instead.
-Labels scored on a conversation shortened by `--truncate` carry `label_truncated: true`.
+Labels scored on a conversation shortened by `--truncate` carry `label_truncated: true`. A record's turns are
+sent one after another, shortest prefix first, so the server's prefix cache reuses each earlier turn
+(client.ordering); up to `window` records are in flight at once.
 
 Input safety: the input is only ever read. OUT and the errors file are written beside their final paths
 (`OUT.part`, `ERRORS.part`) and renamed over them when the job completes; a path that is (or links to) the input
@@ -42,6 +44,7 @@ from client.conversations import (
     scoring_requests,
     skipped_turns,
 )
+from client.ordering import in_turn
 from client.safe_paths import OutputPathError, check_outputs, fsync_dir, part_path, replace_from_part
 from client.summary import fold, merge
 
@@ -165,7 +168,8 @@ def cli_wording(reason: str) -> str:
 
 async def annotate_line(line_no: int, raw: bytes, scorer: Scorer, options: AnnotateOptions) -> LineResult:
     """One input line → its output line (and error lines for rejected turns), or its error line when it cannot be
-    read. ServerFailure (and other failures) propagate."""
+    read. The line's turns are scored one after another, shortest prefix first. ServerFailure (and other
+    failures) propagate."""
     if not raw.strip():
         return LineResult()
     try:
@@ -174,15 +178,15 @@ async def annotate_line(line_no: int, raw: bytes, scorer: Scorer, options: Annot
         skipped = skipped_turns(record)
     except RecordError as e:
         return LineResult(err=error_line(line_no, str(e)), unreadable=True)
-    results = await asyncio.gather(*(scorer(conv) for _, conv in requests), return_exceptions=True)
+    # shortest prefix first, each after the previous has finished: the server's prefix cache reuses the blocks
+    # the previous turn stored (client.ordering); other lines run concurrently
+    results = await in_turn(scorer, [conv for _, conv in requests])
     labels: dict[int, TurnLabel] = {}
     errors: list[bytes] = []
     counts = dict.fromkeys(TURN_COUNTS, 0)
     counts["skipped"] = skipped
     values: list[dict[str, float]] = []
     for (turn, _), result in zip(requests, results, strict=True):
-        if isinstance(result, BaseException) and not isinstance(result, RequestRejected):
-            raise result
         try:
             if isinstance(result, RequestRejected):
                 raise RecordError(cli_wording(str(result)))

@@ -13,6 +13,7 @@ from typing import Any
 
 from client.api import DEFAULT_MODEL, DEFAULT_URL, RequestRejected, RetryPolicy, RewardClient, RewardClientError, Score
 from client.conversations import RecordError, conversation_form, parse_json, prefix_conversation
+from client.replicas import ReplicaPool, connect, split_urls
 from client.weights import parse_option as parse_weights
 
 EXIT_OK, EXIT_FAILED_LINES, EXIT_ERROR = 0, 1, 2
@@ -27,6 +28,7 @@ examples:
                                      {"role": "assistant", "content": "2"}]}'
   reward-client score conversation.json --json          # OpenAI or NeMo form; '-' or no argument reads stdin
   reward-client --url triton:8001 --concurrency 64 annotate helpsteer.jsonl annotated.jsonl
+  reward-client --url a:8001,b:8001 annotate helpsteer.jsonl annotated.jsonl   # two replicas
   reward-client annotate in.jsonl out.jsonl --steerlm   # SteerLM labels: clamped to [0, 4] and rounded
   reward-client rank "Write a haiku about rain." "Rain falls..." "I like turtles." --json
   reward-client evaluate rewardbench_pairs.jsonl --json > report.json
@@ -47,10 +49,16 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
     g = parser.add_argument_group("server")
     g.add_argument(
-        "--url", default=default(DEFAULT_URL), help=f"Triton gRPC endpoint host:port (default {DEFAULT_URL})"
+        "--url",
+        default=default(DEFAULT_URL),
+        help=f"Triton gRPC endpoint host:port (default {DEFAULT_URL}); several replicas comma-separated "
+        "(a:8001,b:8001): requests sharing a prompt go to one replica, new ones to the least busy, a replica that "
+        "goes away is skipped",
     )
     g.add_argument("--model", default=default(DEFAULT_MODEL), help=f"Triton model name (default {DEFAULT_MODEL})")
-    g.add_argument("--concurrency", type=int, default=default(16), help="requests in flight at most (default 16)")
+    g.add_argument(
+        "--concurrency", type=int, default=default(16), help="requests in flight at most, per replica (default 16)"
+    )
     g.add_argument("--timeout", type=float, default=default(120.0), help="seconds per request (default 120)")
     g.add_argument(
         "--retry-for",
@@ -170,11 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client(args: argparse.Namespace) -> RewardClient:
+def _client(args: argparse.Namespace) -> RewardClient | ReplicaPool:
+    """A RewardClient for one --url, a ReplicaPool (client.replicas) for several."""
     if args.concurrency < 1:
         raise SystemExit("reward-client: --concurrency must be at least 1")
-    return RewardClient(
-        args.url,
+    try:
+        urls = split_urls(args.url)
+    except ValueError as e:
+        raise SystemExit(f"reward-client: --url: {e}") from None
+    return connect(
+        urls,
         model=args.model,
         concurrency=args.concurrency,
         timeout=args.timeout,
@@ -273,7 +286,7 @@ async def cmd_annotate(args: argparse.Namespace) -> int:
             )
         # SteerLM labels name every output, as NeMo-Aligner writes them
         names = meta.attribute_names if args.all_attributes or args.steerlm else meta.trained_attributes
-        window = max(64, 8 * args.concurrency)
+        window = max(64, 8 * args.concurrency * len(split_urls(args.url)))
         options = AnnotateOptions(
             attributes=tuple(names), steerlm=args.steerlm, truncate=args.truncate, window=window, batch_lines=window
         )

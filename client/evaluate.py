@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.api import RewardClientError, Score, ServerFailure, bounded_map
+from client.api import Score, ServerFailure, bounded_map
 from client.conversations import RecordError, openai_prompt_and_response, parse_json
+from client.ordering import group
 from client.rewardbench import is_correct, report
 from client.summary import fold, stats_json, stats_table
 
@@ -92,28 +93,35 @@ def read_pairs(path: str | Path, system: str | None = None) -> tuple[list[Pair],
 async def score_pairs(
     pairs: list[Pair], score: ScoreFn, concurrency: int, progress: Callable[[], None] | None = None
 ) -> tuple[list[PairOutcome], list[dict[str, Any]]]:
-    """(outcomes, errors): both sides of every pair scored, at most `concurrency` requests pending; `progress` is
-    called once per side scored."""
-    conversations = [side for p in pairs for side in (p.chosen, p.rejected)]
-    scores: list[Score | None] = [None] * len(conversations)
-    failures: dict[int, str] = {}
-    async for i, result in bounded_map(score, conversations, limit=concurrency):
-        if progress is not None:
-            progress()
-        if isinstance(result, ServerFailure):
-            raise result
-        if isinstance(result, RewardClientError):
-            failures.setdefault(i // 2, f"{'chosen' if i % 2 == 0 else 'rejected'}: {result}")
-        else:
-            assert isinstance(result, Score)
-            scores[i] = result
+    """(outcomes, errors): both sides of every pair scored, at most `concurrency` pairs pending; `progress` is
+    called once per side scored. A pair's chosen side is sent first and its rejected side once that has finished,
+    so it reuses the prompt in the server's prefix cache (client.ordering); pairs run concurrently."""
+
+    async def scored(conversation: Mapping[str, Any]) -> Score:
+        try:
+            return await score(conversation)
+        finally:
+            if progress is not None:
+                progress()
+
+    async def both(pair: Pair) -> list[Score | Exception]:
+        return await group(scored, [pair.chosen, pair.rejected], limit=1)
+
+    results: list[list[Score | Exception]] = [[] for _ in pairs]
+    async for k, result in bounded_map(both, pairs, limit=concurrency):
+        assert not isinstance(result, Exception)  # `group` returns the sides' errors in its list
+        for side in result:
+            if isinstance(side, ServerFailure):
+                raise side
+        results[k] = result
     outcomes, errors = [], []
-    for k, pair in enumerate(pairs):
-        if k in failures:
-            errors.append({"line": pair.line, "error": failures[k]})
+    for pair, (chosen, rejected) in zip(pairs, results, strict=True):
+        sides = (("chosen", chosen), ("rejected", rejected))
+        failed = [f"{name}: {r}" for name, r in sides if isinstance(r, Exception)]
+        if failed:
+            errors.append({"line": pair.line, "error": failed[0]})
             continue
-        chosen, rejected = scores[2 * k], scores[2 * k + 1]
-        assert chosen is not None and rejected is not None
+        assert isinstance(chosen, Score) and isinstance(rejected, Score)
         outcomes.append(PairOutcome(pair, chosen.reward, rejected.reward, chosen.trained, rejected.trained))
     return outcomes, errors
 

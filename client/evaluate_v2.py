@@ -21,6 +21,8 @@ from typing import Any
 
 from client.api import RewardClient, RewardClientError, Score, ServerFailure, bounded_map
 from client.conversations import RecordError, openai_prompt_and_response, parse_json
+from client.ordering import group
+from client.replicas import ReplicaPool
 from client.rewardbench2 import SUBSETS, Row, RowError, parse_row, report
 
 ScoreFn = Callable[[Mapping[str, Any]], Awaitable[Score]]
@@ -121,40 +123,41 @@ async def score_rows(
     system: str | None = None,
     progress: bool = True,
 ) -> dict[int, dict[str, Any]]:
-    """Every row's entry (scores or error) by line: the finished ones from the file, the others scored now."""
+    """Every row's entry (scores or error) by line: the finished ones from the file, the others scored now. A row's
+    first completion is sent alone and the others once it has finished, so they reuse the prompt in the server's
+    prefix cache (client.ordering); rows run concurrently, at most `concurrency` pending."""
     done = scores_file.load(restart)
     todo = [r for r in rows if r.line not in done]
-    jobs = [(r, i) for r in todo for i in range(len(r.completions))]
-    pending: dict[int, list[float | None]] = {r.line: [None] * len(r.completions) for r in todo}
-    failed: dict[int, str] = {}
     total = sum(len(r.completions) for r in rows)
-    bar = _bar(total, total - len(jobs), progress)
+    bar = _bar(total, total - sum(len(r.completions) for r in todo), progress)
 
-    def conversation(job: tuple[Row, int]) -> dict[str, Any]:
-        row, i = job
-        return openai_prompt_and_response(row.prompt, row.completions[i], system)
+    async def scored(conversation: dict[str, Any]) -> Score:
+        try:
+            return await score(conversation)
+        finally:
+            bar.update(1)
+
+    async def row_scores(row: Row) -> list[Score | Exception]:
+        conversations = [openai_prompt_and_response(row.prompt, c, system) for c in row.completions]
+        return await group(scored, conversations, limit=len(conversations))
 
     written = 0
     with open(scores_file.path, "a", encoding="utf-8") as out:
         try:
-            async for k, result in bounded_map(lambda j: score(conversation(j)), jobs, limit=concurrency):
-                row, i = jobs[k]
-                if isinstance(result, ServerFailure):
-                    raise result
-                if isinstance(result, RewardClientError):
-                    failed.setdefault(row.line, f"completion {i}: {result}")
-                    pending[row.line][i] = float("nan")
-                else:
-                    assert isinstance(result, Score)
-                    pending[row.line][i] = result.reward
-                bar.update(1)
-                values = pending[row.line]
-                if any(v is None for v in values):
-                    continue
+            async for k, results in bounded_map(row_scores, todo, limit=concurrency):
+                row = todo[k]
+                assert not isinstance(results, Exception)  # `group` returns the completions' errors in its list
+                values: list[float] = []
                 entry: dict[str, Any] = {"line": row.line, "id": row.id}
-                if row.line in failed:
-                    entry["error"] = failed[row.line]
-                else:
+                for i, result in enumerate(results):
+                    if isinstance(result, ServerFailure):
+                        raise result
+                    if isinstance(result, RewardClientError):
+                        entry.setdefault("error", f"completion {i}: {result}")
+                    else:
+                        assert isinstance(result, Score)
+                        values.append(result.reward)
+                if "error" not in entry:
                     entry["scores"] = values
                 out.write(json.dumps(entry) + "\n")
                 done[row.line] = entry
@@ -211,7 +214,7 @@ def header(path: str | Path, system: str | None, weights: Any, truncate: bool) -
     return {"format": FORMAT, "input_sha256": sha256(path), "system": system, "weights": weights, "truncate": truncate}
 
 
-async def run(args: Any, client: RewardClient) -> int:
+async def run(args: Any, client: RewardClient | ReplicaPool) -> int:
     """`reward-client evaluate` on a RewardBench 2 file (args: pairs, scores, restart, no_progress, system,
     weights, truncate, concurrency, json); the exit status (1 when rows failed)."""
     rows, read_errors = read_rows(args.pairs)

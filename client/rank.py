@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from client.api import Score, bounded_map
+from client.api import Score
 from client.conversations import openai_prompt_and_response
+from client.ordering import first_then_rest
 
 ScoreFn = Callable[[Mapping[str, Any]], Awaitable[Score]]
 
@@ -44,10 +45,11 @@ async def rank_responses(
     progress: Callable[[], None] | None = None,
 ) -> list[Ranked]:
     """Every candidate scored as the assistant's reply to `prompt`; a rejected candidate raises its error.
-    `progress` is called once per candidate scored."""
+    `progress` is called once per candidate scored. The first candidate is sent alone, the others once it has
+    finished, so they reuse the prompt it left in the server's prefix cache (client.ordering)."""
     conversations = [openai_prompt_and_response(prompt, r, system) for r in responses]
     scores: list[Score | None] = [None] * len(responses)
-    async for i, result in bounded_map(score, conversations, limit=concurrency):
+    async for i, result in first_then_rest(score, conversations, limit=concurrency):
         if progress is not None:
             progress()
         if isinstance(result, Exception):

@@ -12,6 +12,7 @@ import json
 import random
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,51 @@ class FakeScorer:
         scores = fake_scores(conversation)
         return Score(scores=scores, reward=sum(scores.values()), num_input_tokens=len(text) // 4, truncated=False,
                      trained_attributes=TRAINED)  # fmt: skip
+
+
+@dataclass
+class Call:
+    """One scoring call as a CallLog saw it: who sent it, how long its conversation was, what else was running."""
+
+    group: str  # the conversation or prompt it belongs to (CallLog's `group_of`)
+    size: int  # turns or messages in the conversation
+    started: int  # position among all call starts and ends
+    ended: int = -1
+    running_at_start: tuple[str, ...] = ()  # groups of the calls in flight when it started
+
+
+class CallLog:
+    """Wraps a scorer and records each call's group, size, start and end (one counter for all events), so a
+    test can check which calls overlapped."""
+
+    def __init__(self, scorer: Any, group_of: Any) -> None:
+        self.scorer = scorer
+        self.group_of = group_of
+        self.calls: list[Call] = []
+        self.running: list[Call] = []
+        self.events = 0
+
+    async def __call__(self, conversation: Mapping[str, Any]) -> Any:
+        turns = conversation.get("conversations") or conversation.get("messages") or []
+        call = Call(
+            self.group_of(conversation), len(turns), self.events, running_at_start=tuple(c.group for c in self.running)
+        )
+        self.events += 1
+        self.calls.append(call)
+        self.running.append(call)
+        try:
+            return await self.scorer(conversation)
+        finally:
+            self.running.remove(call)
+            call.ended = self.events
+            self.events += 1
+
+    def of(self, group: str) -> list[Call]:
+        """The group's calls in the order they started."""
+        return [c for c in self.calls if c.group == group]
+
+    def most_groups_at_once(self) -> int:
+        return max((len(set(c.running_at_start) | {c.group}) for c in self.calls), default=0)
 
 
 def nemo_record(i: int, turns: int = 2, system: str | None = "Be brief.") -> dict[str, Any]:

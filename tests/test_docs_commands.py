@@ -69,6 +69,7 @@ NOT_RUN: dict[str, str] = {
     "python -m build_engine convert --nemo $NEMO": "docs/production.md",
     "tritonserver --model-repository=model_repository": "docs/production.md: one H100",
     ".venv/bin/python -m demo.train": "retrains the demo model: 43 minutes",
+    "reward-client --url a:8001,b:8001": "two servers; tests/test_replicas_served.py runs annotate over two",
 }
 
 
