@@ -27,6 +27,7 @@ from reward_triton.engine.prefix_cache import DEFAULT_BUDGET_BYTES
 from reward_triton.metadata import MetadataError, RewardMetadata
 from reward_triton.serving import trtllm_contract as contract
 from reward_triton.serving.preprocess import DEFAULT_MAX_REQUEST_BYTES
+from reward_triton.serving.reward_model import DEFAULT_MAX_ROWS
 from reward_triton.serving.trtllm_contract import ContractViolation, EngineLimits
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
@@ -47,7 +48,9 @@ class RenderOptions:
     max_queue_delay_us: int = 1000
     preprocessing_instances: int = 1
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    reward_model_max_rows: int = 1024  # rows per `reward_model` request (NeMo-Aligner sends a whole rollout batch)
+    reward_model_max_rows: int = (
+        DEFAULT_MAX_ROWS  # rows per `reward_model` request (NeMo-Aligner: a whole rollout batch)
+    )
     reward_model_instances: int = 2  # requests fanned out side by side (e.g. several data-parallel trainer ranks)
     # Compute dtype of the PyTorch engine. "auto": the checkpoint's own dtype (config.json `dtype`): a bf16
     # checkpoint computes bf16 GEMMs/attention with fp32 norm statistics and an fp32 head (TensorRT-LLM runs the

@@ -186,6 +186,7 @@ def main() -> int:
 
     from build_engine.convert import convert
     from build_engine.repository import RenderOptions, render_repository
+    from reward_triton.serving.trtllm_contract import CALLER_OUTPUTS
 
     tmp = Path(tempfile.mkdtemp(prefix="trace-"))
     ckpt = Path(a.checkpoint) if a.checkpoint else convert(ROOT / "demo" / "checkpoint", tmp / "ckpt", progress=False)
@@ -208,7 +209,7 @@ def main() -> int:
         engine_in = {
             k: tokens[k] for k in ("input_ids", "input_lengths", "request_output_len", "return_generation_logits")
         }
-        wanted = ["output_ids", "sequence_length", "generation_logits"]
+        wanted = list(CALLER_OUTPUTS)
         eng = models["tensorrt_llm"].execute([_Request(engine_in, wanted)])
         out = {t.name(): t.as_numpy() for t in eng[0].output_tensors}
         post = models["postprocessing"].execute([_Request(out, ["scores", "reward"])])
