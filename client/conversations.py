@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from reward_triton.serving.conversation import ConversationError, JSONTextError, decode_json, form_of
 
@@ -33,6 +34,27 @@ STEERLM_MIN, STEERLM_MAX = 0.0, 4.0
 
 class RecordError(ValueError):
     """A conversation or record cannot be used; the message says what and where."""
+
+
+T = TypeVar("T")
+
+
+def read_records(
+    path: str | Path, parse: Callable[[int, bytes], T], refused: tuple[type[Exception], ...] = ()
+) -> tuple[list[T], list[dict[str, Any]]]:
+    """(parsed, errors) from a jsonl file: blank lines are skipped, a line `parse` refuses (RecordError or one of
+    `refused`) becomes an error entry {"line", "error"}."""
+    parsed: list[T] = []
+    errors: list[dict[str, Any]] = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                parsed.append(parse(n, raw))
+            except (RecordError, *refused) as e:
+                errors.append({"line": n, "error": str(e)})
+    return parsed, errors
 
 
 def parse_json(text: str | bytes) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from client.api import Score, ServerFailure, bounded_map
-from client.conversations import RecordError, openai_prompt_and_response, parse_json
+from client.conversations import RecordError, openai_prompt_and_response, parse_json, read_records
 from client.ordering import group
 from client.rewardbench import is_correct, report
 from client.summary import fold, stats_json, stats_table
@@ -77,17 +77,7 @@ def parse_pair(line: int, raw: str | bytes, system: str | None = None) -> Pair:
 
 def read_pairs(path: str | Path, system: str | None = None) -> tuple[list[Pair], list[dict[str, Any]]]:
     """(pairs, errors) from a jsonl file; blank lines are skipped; `system` applies to string sides."""
-    pairs: list[Pair] = []
-    errors: list[dict[str, Any]] = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                pairs.append(parse_pair(n, raw, system))
-            except RecordError as e:
-                errors.append({"line": n, "error": str(e)})
-    return pairs, errors
+    return read_records(path, lambda n, raw: parse_pair(n, raw, system))
 
 
 async def score_pairs(

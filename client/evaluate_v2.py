@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from client.api import RewardClient, RewardClientError, Score, ServerFailure, bounded_map
-from client.conversations import RecordError, openai_prompt_and_response, parse_json
+from client.conversations import RecordError, openai_prompt_and_response, parse_json, read_records
 from client.ordering import group
 from client.replicas import ReplicaPool
 from client.rewardbench2 import SUBSETS, Row, RowError, parse_row, report
@@ -49,17 +49,7 @@ def looks_like_v2(path: str | Path) -> bool:
 
 
 def read_rows(path: str | Path) -> tuple[list[Row], list[dict[str, Any]]]:
-    rows: list[Row] = []
-    errors: list[dict[str, Any]] = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rows.append(parse_row(n, parse_json(raw)))
-            except (RowError, RecordError) as e:
-                errors.append({"line": n, "error": str(e)})
-    return rows, errors
+    return read_records(path, lambda n, raw: parse_row(n, parse_json(raw)), (RowError,))
 
 
 def sha256(path: str | Path) -> str:
